@@ -1,0 +1,164 @@
+"""`python -m bench` / `bench`: the command line.
+
+Each subcommand is a function taking parsed arguments and returning an exit code. User
+errors (`BenchError`) end as one line on stderr and their exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.errors import BenchError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# CLI flag -> dotted config field it overrides.
+RUN_OVERRIDES: dict[str, str] = {
+    "draft_len": "draft_len",
+    "temperature": "sampling.temperature",
+    "max_tokens": "sampling.max_tokens",
+    "seed": "sampling.seed",
+    "reasoning_effort": "conversation.reasoning_effort",
+    "turn2_history": "conversation.turn2_history",
+    "questions": "dataset.questions",
+    "dataset": "dataset.hf_dataset",
+    "question_ids": "dataset.question_ids",
+    "categories": "dataset.categories",
+    "limit": "dataset.limit",
+    "reference": "reference",
+    "concurrency": "concurrency",
+}
+
+
+def add_run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run MT-Bench through an engine into a run directory")
+    p.add_argument("--config", help="YAML config (default: configs/smollm2-135m-cpu.yaml)")
+    p.add_argument("--draft-len", type=int, help="draft tokens per step (k)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    p.add_argument("--max-tokens", type=int, help="output tokens per turn")
+    p.add_argument("--seed", type=int, help="sampling seed (temperature > 0)")
+    p.add_argument("--reasoning-effort", help="passed to the chat template (default medium)")
+    p.add_argument("--turn2-history", choices=["final", "raw"],
+                   help="turn-1 answer given back in turn 2: reasoning removed (final) or as generated")  # fmt: skip
+    p.add_argument("--questions", help="FastChat-format question.jsonl")
+    p.add_argument("--dataset", help="Hugging Face dataset id (e.g. philschmid/mt-bench)")
+    p.add_argument("--question-ids", type=_int_list, help="e.g. 81,82,101")
+    p.add_argument("--categories", type=_str_list, help="e.g. writing,math")
+    p.add_argument("--limit", type=int, help="N questions spread over the categories")
+    p.add_argument(
+        "--reference", help="published table to compare with (configs/references/*.yaml)"
+    )
+    p.add_argument("--concurrency", type=int, help="questions in flight")
+    p.add_argument("--out", type=Path, help="run directory (default results/runs/<run-id>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_config
+    from bench.report import card_table
+    from bench.runner import execute
+
+    overrides = {field: getattr(args, flag) for flag, field in RUN_OVERRIDES.items()}
+    if args.resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
+        if given or args.config or args.out:
+            raise BenchError(
+                "--resume takes the settings of the run being resumed; drop "
+                + ", ".join(
+                    given + (["--config"] if args.config else []) + (["--out"] if args.out else [])
+                )
+            )
+        config = None
+    else:
+        config = load_config(args.config, overrides)
+    outcome = execute(
+        config,
+        out=args.out,
+        resume=args.resume,
+        quiet=args.quiet,
+        config_path=args.config,
+        command=sys.argv,
+    )
+    summary = outcome.summary
+    print(card_table(summary))
+    rate = outcome.output_tokens / outcome.engine_seconds if outcome.engine_seconds else 0.0
+    print(
+        f"\n{summary.counted_questions} questions, {outcome.output_tokens} output tokens, "
+        f"{rate:.1f} tokens/s in the engine, {outcome.wall_s:.0f} s wall"
+    )
+    print(f"run directory: {outcome.run.path}")
+    for signal in summary.signals:
+        if signal.severity != "info":
+            print(f"{signal.severity}: {signal.message}", file=sys.stderr)
+    if not summary.complete:
+        raise BenchError(
+            f"{len(summary.failed)} turns failed and {len(summary.missing)} are missing; "
+            f"finish them with: python -m bench run --resume {outcome.run.path}"
+        )
+    return 0
+
+
+def add_report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="rebuild summary, report and plots from records.jsonl")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import card_table
+    from bench.runner import rebuild_report
+
+    summary = rebuild_report(args.run_dir)
+    print(card_table(summary))
+    print(f"\nwrote {args.run_dir / 'summary.json'}, report.md and plots/")
+    return 0
+
+
+# Subcommands: name -> function adding its parser. New commands add one line here.
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "run": add_run_parser,
+    "report": add_report_parser,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench", description="MT-Bench acceptance of speculative decoding, per category."
+    )
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

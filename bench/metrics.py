@@ -1,0 +1,403 @@
+"""Every number of docs/metrics.md, computed in one place from turn records.
+
+Input: the per-step emitted-token counts of each (question, turn). A step emits e tokens;
+the first step of a turn is the prefill step (e = 1) when the record says so, the rest are
+decode steps (1 <= e <= k + 1). Output: a `Summary` with the model-card figure per
+category and overall, the other conventions beside it, labelled, and the sanity signals.
+
+Only questions with both turns recorded and successful enter the averages; the others are
+listed as missing or failed, and the summary says it is incomplete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench import METHODOLOGY_VERSION
+from bench.dataset import CATEGORIES
+from bench.records import TurnRecord, latest_by_turn
+
+SUMMARY_SCHEMA_VERSION = 1
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+# --- the formulas, on plain lists ------------------------------------------------------
+
+
+def acceptance_length(steps: Sequence[int]) -> float:
+    """Card AL of one question: Σ e / number of steps, prefill steps included."""
+    return sum(steps) / len(steps)
+
+
+def decode_steps_of(turn_steps: Sequence[int], prefill_step: bool) -> list[int]:
+    """The decode steps of one turn: all but the first when the first is the prefill."""
+    return list(turn_steps[1:]) if prefill_step else list(turn_steps)
+
+
+def decode_acceptance_length(decode_steps: Sequence[int]) -> float | None:
+    """Decode AL: Σ e / number of steps over decode steps only (vLLM's, Spec-Bench's)."""
+    return sum(decode_steps) / len(decode_steps) if decode_steps else None
+
+
+def histogram(decode_steps: Iterable[int], draft_len: int) -> list[int]:
+    """Decode steps with e = 1, 2, …, k + 1 (index i counts e = i + 1); e > k + 1 is left
+    out here and reported by the `step_exceeds_draft_len` signal."""
+    counts = [0] * (draft_len + 1)
+    for e in decode_steps:
+        if 1 <= e <= draft_len + 1:
+            counts[e - 1] += 1
+    return counts
+
+
+def joint_acceptance(hist: Sequence[int]) -> list[float | None]:
+    """Position j = 1..k: share of decode steps with e >= j + 1 (drafts 1..j accepted)."""
+    total = sum(hist)
+    return [sum(hist[j:]) / total if total else None for j in range(1, len(hist))]
+
+
+def conditional_acceptance(hist: Sequence[int]) -> list[float | None]:
+    """Position j = 1..k: P(e >= j + 1 | e >= j), draft j accepted given 1..j-1 were."""
+    rates: list[float | None] = []
+    for j in range(1, len(hist)):
+        reached = sum(hist[j - 1 :])
+        rates.append(sum(hist[j:]) / reached if reached else None)
+    return rates
+
+
+def draft_acceptance_rate(decode_steps: Sequence[int], draft_len: int) -> float | None:
+    """Σ (e - 1) / (k × decode steps): accepted drafts over k proposed per decode step."""
+    if not decode_steps:
+        return None
+    return sum(e - 1 for e in decode_steps) / (draft_len * len(decode_steps))
+
+
+def proposed_draft_acceptance_rate(
+    decode_steps: Sequence[int], proposed: Sequence[int]
+) -> float | None:
+    """Σ (e - 1) / Σ proposed drafts, where the engine reports what it really proposed."""
+    total = sum(proposed)
+    return sum(e - 1 for e in decode_steps) / total if total else None
+
+
+def bootstrap_ci95(
+    groups: Sequence[Sequence[float]],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """95 % percentile interval of the mean of all values, resampling questions with
+    replacement inside each group (a category; stratified when there are several)."""
+    arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    if not arrays:
+        return None
+    rng = np.random.default_rng(seed)
+    n_total = sum(len(a) for a in arrays)
+    sums = np.zeros(resamples)
+    for values in arrays:
+        picks = rng.integers(0, len(values), size=(resamples, len(values)))
+        sums += values[picks].sum(axis=1)
+    means = sums / n_total
+    low, high = np.percentile(means, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+# --- per question ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuestionSteps:
+    question_id: int
+    category: str
+    turns: tuple[TurnRecord, TurnRecord]
+
+    def steps(self, turn: int | None = None) -> list[int]:
+        chosen = self.turns if turn is None else (self.turns[turn - 1],)
+        return [e for record in chosen for e in record.steps]
+
+    def decode_steps(self, turn: int | None = None) -> list[int]:
+        chosen = self.turns if turn is None else (self.turns[turn - 1],)
+        return [e for r in chosen for e in decode_steps_of(r.steps, r.prefill_step)]
+
+    def proposed(self, turn: int | None = None) -> list[int] | None:
+        chosen = self.turns if turn is None else (self.turns[turn - 1],)
+        if any(r.drafted is None for r in chosen):
+            return None
+        return [d for r in chosen for d in decode_steps_of(r.drafted or [], r.prefill_step)]
+
+
+class QuestionSummary(BaseModel):
+    question_id: int
+    category: str
+    acceptance_length: float
+    turn1_acceptance_length: float
+    turn2_acceptance_length: float
+    decode_acceptance_length: float | None
+    steps: int
+    output_tokens: int
+    finish_reasons: tuple[str, str]
+
+
+# --- per group of questions ------------------------------------------------------------
+
+
+class RateBlock(BaseModel):
+    """Every figure for one group of questions (a category or all) and turn selection."""
+
+    n_questions: int
+    acceptance_length: float | None
+    """Card AL: mean over questions of Σe/steps (both turns pooled per question)."""
+    ci95: tuple[float, float] | None
+    """Bootstrap 95 % interval of `acceptance_length` over questions."""
+    decode_acceptance_length: float | None
+    """Mean over questions of the decode-steps-only AL."""
+    pooled_acceptance_length: float | None
+    """Σe / Σsteps over all steps of the group (token-weighted), prefill included."""
+    draft_acceptance_rate: float | None
+    """Σ(e−1) / (k × decode steps)."""
+    proposed_draft_acceptance_rate: float | None
+    """Σ(e−1) / Σ drafts the engine actually proposed; null when the engine cannot say."""
+    histogram: list[int]
+    """Decode steps with e = 1 … k+1."""
+    joint_acceptance: list[float | None]
+    conditional_acceptance: list[float | None]
+    steps: int
+    decode_steps: int
+    output_tokens: int
+
+
+class GroupSummary(RateBlock):
+    turns: dict[str, RateBlock]
+    """Turn "1" and turn "2" alone, each with the same figures."""
+
+
+def _rate_block(
+    questions: Sequence[QuestionSteps], draft_len: int, turn: int | None, strata: bool
+) -> RateBlock:
+    per_question = [acceptance_length(q.steps(turn)) for q in questions]
+    decode_per_question = [decode_acceptance_length(q.decode_steps(turn)) for q in questions]
+    decode_values = [v for v in decode_per_question if v is not None]
+    all_steps = [e for q in questions for e in q.steps(turn)]
+    decode = [e for q in questions for e in q.decode_steps(turn)]
+    proposed_lists = [q.proposed(turn) for q in questions]
+    hist = histogram(decode, draft_len)
+    if strata:
+        by_category: dict[str, list[float]] = {}
+        for q, value in zip(questions, per_question):
+            by_category.setdefault(q.category, []).append(value)
+        groups: list[list[float]] = list(by_category.values())
+    else:
+        groups = [per_question]
+    return RateBlock(
+        n_questions=len(questions),
+        acceptance_length=float(np.mean(per_question)) if per_question else None,
+        ci95=bootstrap_ci95(groups),
+        decode_acceptance_length=float(np.mean(decode_values)) if decode_values else None,
+        pooled_acceptance_length=sum(all_steps) / len(all_steps) if all_steps else None,
+        draft_acceptance_rate=draft_acceptance_rate(decode, draft_len),
+        proposed_draft_acceptance_rate=(
+            None
+            if any(p is None for p in proposed_lists)
+            else proposed_draft_acceptance_rate(decode, [d for p in proposed_lists for d in p])
+        ),
+        histogram=hist,
+        joint_acceptance=joint_acceptance(hist),
+        conditional_acceptance=conditional_acceptance(hist),
+        steps=len(all_steps),
+        decode_steps=len(decode),
+        output_tokens=sum(all_steps),
+    )
+
+
+def summarize_group(
+    questions: Sequence[QuestionSteps], draft_len: int, strata: bool = False
+) -> GroupSummary:
+    block = _rate_block(questions, draft_len, None, strata)
+    turns = {str(t): _rate_block(questions, draft_len, t, strata) for t in (1, 2)}
+    return GroupSummary(**block.model_dump(), turns=turns)
+
+
+# --- the whole run ---------------------------------------------------------------------
+
+
+class Signal(BaseModel):
+    code: str
+    severity: Literal["error", "warning", "info"]
+    message: str
+
+
+class TurnRef(BaseModel):
+    question_id: int
+    turn: int
+    error: str | None = None
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SUMMARY_SCHEMA_VERSION
+    methodology_version: str = METHODOLOGY_VERSION
+    draft_len: int
+    complete: bool
+    """True when every expected turn was recorded and succeeded."""
+    valid: bool
+    """False when an error-severity sanity signal fired: the numbers must not be used."""
+    expected_questions: int
+    counted_questions: int
+    missing: list[TurnRef] = Field(default_factory=list)
+    failed: list[TurnRef] = Field(default_factory=list)
+    length_capped_turns: int
+    length_capped_share: float | None
+    overall: GroupSummary | None
+    categories: dict[str, GroupSummary]
+    questions: list[QuestionSummary]
+    signals: list[Signal]
+    bootstrap: dict[str, float | int | str]
+
+
+def sanity_signals(
+    records: Sequence[TurnRecord],
+    questions: Sequence[QuestionSteps],
+    draft_len: int,
+    missing: Sequence[TurnRef],
+    failed: Sequence[TurnRef],
+    overall: GroupSummary | None,
+) -> list[Signal]:
+    """The checks of docs/metrics.md "Sanity signals", on successful turns."""
+    signals: list[Signal] = []
+    ok = [r for r in records if r.ok]
+    over = [(r.question_id, r.turn, e) for r in ok for e in r.steps if e > draft_len + 1]
+    if over:
+        qid, turn, e = over[0]
+        signals.append(Signal(
+            code="step_exceeds_draft_len", severity="error",
+            message=f"{len(over)} steps emitted more than draft_len + 1 = {draft_len + 1} "
+            f"tokens (first: question {qid} turn {turn}, {e} tokens): the stream merges "
+            "iterations (stream_interval > 1) or the engine's draft length is not "
+            f"{draft_len}; the run is invalid",
+        ))  # fmt: skip
+    bad_prefill = [r for r in ok if r.prefill_step and r.steps and r.steps[0] != 1]
+    if bad_prefill:
+        signals.append(Signal(
+            code="prefill_step_not_one", severity="warning",
+            message=f"{len(bad_prefill)} turns have a prefill step that emitted more than "
+            "one token: the stream merged the first iterations",
+        ))  # fmt: skip
+    if failed or missing:
+        signals.append(Signal(
+            code="failed_turns", severity="error",
+            message=f"{len(failed)} turns failed and {len(missing)} are missing; their "
+            "questions are left out of every average",
+        ))  # fmt: skip
+    if overall is not None and overall.decode_steps:
+        hist = overall.histogram
+        decode_al = sum((i + 1) * c for i, c in enumerate(hist)) / max(sum(hist), 1)
+        if decode_al < 1.01:
+            signals.append(Signal(
+                code="acceptance_near_one", severity="error",
+                message=f"decode steps emit {decode_al:.3f} tokens on average: speculation "
+                "is off or the draft is broken",
+            ))  # fmt: skip
+        # Every decode step at k + 1, not counting each turn's last step (cut by EOS or
+        # max_tokens): a draft that is the target, NaN logits, or merged iterations.
+        inner = [
+            e for q in questions for r in q.turns
+            for e in decode_steps_of(r.steps, r.prefill_step)[:-1]
+        ]  # fmt: skip
+        if len(inner) >= 10 and all(e == draft_len + 1 for e in inner):
+            signals.append(Signal(
+                code="all_full_acceptance", severity="error",
+                message=f"every one of {len(inner)} decode steps accepted all {draft_len} "
+                "drafts: suspicious (a draft identical to the target, NaN logits, or a "
+                "stream that merges iterations)",
+            ))  # fmt: skip
+    capped = [r for r in ok if r.finish_reason == "length"]
+    if ok:
+        share = len(capped) / len(ok)
+        signals.append(Signal(
+            code="length_capped_turns", severity="warning" if share >= 0.1 else "info",
+            message=f"{len(capped)} of {len(ok)} turns ({share:.1%}) ended at max_tokens; "
+            "long answers cut at the limit change what the acceptance length measures",
+        ))  # fmt: skip
+    return signals
+
+
+def summarize(
+    records: Sequence[TurnRecord],
+    draft_len: int,
+    expected_question_ids: Sequence[int] | None = None,
+) -> Summary:
+    """The run's summary from its records (the last record of each turn counts)."""
+    latest = latest_by_turn(list(records))
+    ids = sorted(
+        set(expected_question_ids) if expected_question_ids is not None
+        else {qid for qid, _ in latest}
+    )  # fmt: skip
+    missing: list[TurnRef] = []
+    failed: list[TurnRef] = []
+    complete_questions: list[QuestionSteps] = []
+    for qid in ids:
+        pair = []
+        for turn in (1, 2):
+            record = latest.get((qid, turn))
+            if record is None:
+                missing.append(TurnRef(question_id=qid, turn=turn))
+            elif not record.ok:
+                failed.append(TurnRef(question_id=qid, turn=turn, error=record.error))
+            else:
+                pair.append(record)
+        if len(pair) == 2:
+            complete_questions.append(QuestionSteps(qid, pair[0].category, (pair[0], pair[1])))
+
+    categories: dict[str, GroupSummary] = {}
+    for category in CATEGORIES:
+        members = [q for q in complete_questions if q.category == category]
+        if members:
+            categories[category] = summarize_group(members, draft_len)
+    overall = (
+        summarize_group(complete_questions, draft_len, strata=True) if complete_questions else None
+    )
+    question_rows = [
+        QuestionSummary(
+            question_id=q.question_id,
+            category=q.category,
+            acceptance_length=acceptance_length(q.steps()),
+            turn1_acceptance_length=acceptance_length(q.steps(1)),
+            turn2_acceptance_length=acceptance_length(q.steps(2)),
+            decode_acceptance_length=decode_acceptance_length(q.decode_steps()),
+            steps=len(q.steps()),
+            output_tokens=sum(q.steps()),
+            finish_reasons=(q.turns[0].finish_reason, q.turns[1].finish_reason),
+        )
+        for q in complete_questions
+    ]
+    considered = [r for r in latest.values() if r.question_id in set(ids)]
+    signals = sanity_signals(considered, complete_questions, draft_len, missing, failed, overall)
+    ok_turns = [r for r in considered if r.ok]
+    capped = sum(1 for r in ok_turns if r.finish_reason == "length")
+    return Summary(
+        draft_len=draft_len,
+        complete=not missing and not failed,
+        valid=not any(s.severity == "error" for s in signals),
+        expected_questions=len(ids),
+        counted_questions=len(complete_questions),
+        missing=missing,
+        failed=failed,
+        length_capped_turns=capped,
+        length_capped_share=capped / len(ok_turns) if ok_turns else None,
+        overall=overall,
+        categories=categories,
+        questions=question_rows,
+        signals=signals,
+        bootstrap={
+            "method": "percentile, questions resampled with replacement "
+            "(within each category for overall)",
+            "resamples": BOOTSTRAP_RESAMPLES,
+            "seed": BOOTSTRAP_SEED,
+            "level": 0.95,
+        },
+    )

@@ -1,0 +1,144 @@
+"""Turn records: the raw material of every number, one JSON line per (question, turn).
+
+`records.jsonl` is append-only: each finished turn is written, flushed and fsynced before
+the next one starts, so a killed run loses nothing it finished and `--resume` continues
+where it stopped. A torn last line (the process died mid-write) is ignored on reading;
+damage anywhere else is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench.errors import BenchError
+
+RECORD_SCHEMA_VERSION = 1
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+class Generation(BaseModel):
+    """What an engine returns for one turn."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: list[int]
+    """Tokens emitted per step, in order; steps[0] is the prefill step when `prefill_step`."""
+    prefill_step: bool = True
+    """Whether steps[0] came from the prefill (context) iteration."""
+    drafted: list[int] | None = None
+    """Draft tokens proposed per step (0 for the prefill step), when the engine knows it."""
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    ttft_s: float | None = None
+    """Seconds from request to the first token."""
+    duration_s: float
+    """Seconds from request to the last token."""
+    engine_counters: dict[str, Any] = Field(default_factory=dict)
+    """What the engine itself reported about this request (e.g. decoding_iter)."""
+
+
+class TurnRecord(BaseModel):
+    """One line of records.jsonl."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = RECORD_SCHEMA_VERSION
+    question_id: int
+    category: str
+    turn: Literal[1, 2]
+    prompt_tokens: int
+    steps: list[int]
+    prefill_step: bool
+    drafted: list[int] | None = None
+    output_tokens: int
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    ttft_s: float | None = None
+    duration_s: float
+    engine_counters: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    """Why the turn failed; a failed turn is kept, never averaged in, and redone on resume."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.finish_reason != "error"
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.question_id, self.turn)
+
+
+class RecordWriter:
+    """Appends records durably; one writer per run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def append(self, record: TurnRecord) -> None:
+        self._handle.write(record.model_dump_json() + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: Path) -> list[TurnRecord]:
+    """All records of a run, in file order."""
+    if not path.is_file():
+        raise BenchError(f"{path} does not exist")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    records: list[TurnRecord] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        is_last = all(not rest.strip() for rest in lines[number:])
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if is_last and not path.read_bytes().endswith(b"\n"):
+                break  # torn final write of a killed run
+            raise BenchError(f"{path}, line {number}: not valid JSON") from None
+        try:
+            records.append(TurnRecord.model_validate(data))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BenchError(f"{path}, line {number}: {field}: {first['msg']}") from None
+    return records
+
+
+def latest_by_turn(records: list[TurnRecord]) -> dict[tuple[int, int], TurnRecord]:
+    """The last record of each (question, turn): a resumed turn supersedes its failure."""
+    latest: dict[tuple[int, int], TurnRecord] = {}
+    for record in records:
+        latest[record.key] = record
+    return latest
+
+
+def drop_torn_tail(path: Path) -> bool:
+    """Cut a partial last line left by a killed writer, before appending again."""
+    if not path.is_file():
+        return False
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+    return True

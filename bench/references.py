@@ -1,0 +1,56 @@
+"""Published acceptance tables (configs/references/*.yaml), e.g. a model card's.
+
+A table holds the card's per-category "MT Bench Acceptance Rate" (our card AL) and the
+setup it was measured under; its overall figure is the mean of its categories, the same
+macro average we report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from bench.config import describe_validation_error
+from bench.dataset import CATEGORIES
+from bench.errors import BenchError
+
+
+class ReferenceTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """Who published it (e.g. the model card's repository)."""
+    source: str
+    """Where the numbers were read."""
+    draft_len: int
+    setup: str = ""
+    """Engine, hardware, reasoning setting, as published."""
+    categories: dict[str, float]
+
+    @model_validator(mode="after")
+    def _known(self) -> ReferenceTable:
+        unknown = sorted(set(self.categories) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}")
+        return self
+
+    @property
+    def overall(self) -> float:
+        """Mean of the published categories (the cards print no overall of their own)."""
+        return sum(self.categories.values()) / len(self.categories)
+
+
+def load_reference(path: str | Path) -> ReferenceTable:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"reference table {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise BenchError(f"reference table {path} is not valid YAML") from None
+    try:
+        return ReferenceTable.model_validate(data)
+    except ValidationError as err:
+        raise BenchError(describe_validation_error(err, f"reference table {path}")) from None

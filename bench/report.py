@@ -1,0 +1,239 @@
+"""report.md and plots/*.png, as pure functions of a summary (plus the manifest and a
+reference table when there are any). `write_results` is the one place that writes them.
+
+The report opens with the model card's own table shape, so it can be laid beside the card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.dataset import CATEGORIES
+from bench.metrics import GroupSummary, RateBlock, Summary
+from bench.references import ReferenceTable
+from bench.rundir import Manifest, RunDir, write_text_atomic
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(block: RateBlock) -> str:
+    return "–" if block.ci95 is None else f"[{block.ci95[0]:.3f}, {block.ci95[1]:.3f}]"
+
+
+def _rows(summary: Summary) -> list[tuple[str, GroupSummary]]:
+    rows = [(c, summary.categories[c]) for c in CATEGORIES if c in summary.categories]
+    if summary.overall is not None:
+        rows.append(("overall", summary.overall))
+    return rows
+
+
+def card_table(summary: Summary) -> str:
+    """The model card's table: | Category | MT Bench Acceptance Rate |, then overall."""
+    lines = ["| Category | MT Bench Acceptance Rate |", "|---|---|"]
+    for name, group in _rows(summary):
+        label = "**overall**" if name == "overall" else name
+        lines.append(f"| {label} | {_f(group.acceptance_length)} |")
+    return "\n".join(lines)
+
+
+def render_report(
+    summary: Summary, manifest: Manifest | None = None, reference: ReferenceTable | None = None
+) -> str:
+    k = summary.draft_len
+    out: list[str] = []
+    title = manifest.run_id if manifest else "run"
+    out.append(f"# MT-Bench acceptance: {title}\n")
+    if not summary.complete:
+        out.append(
+            f"> **Incomplete run**: {len(summary.failed)} failed and {len(summary.missing)} "
+            f"missing turns; {summary.counted_questions} of {summary.expected_questions} "
+            "questions are counted. The figures below cover only those.\n"
+        )
+    if not summary.valid:
+        errors = [s for s in summary.signals if s.severity == "error"]
+        out.append("> **Invalid run**: " + " ".join(s.message for s in errors) + "\n")
+    out.append(
+        f"Acceptance length (tokens per step, prefill steps included, per-question mean; "
+        f'the model cards\' "acceptance rate") at draft length {k}.\n'
+    )
+    out.append(card_table(summary) + "\n")
+
+    if manifest is not None:
+        c = manifest.config
+        engine = manifest.engine.name if manifest.engine else c.engine.kind
+        out.append("## Setup\n")
+        out.append(
+            "| | |\n|---|---|\n"
+            f"| target | {c.target.name} |\n| engine | {engine} |\n"
+            f"| draft length | {k} |\n| temperature | {c.sampling.temperature} |\n"
+            f"| max tokens per turn | {c.sampling.max_tokens} |\n"
+            f"| reasoning effort | {c.conversation.reasoning_effort} "
+            f"(template uses it: {manifest.chat_template.reasoning_effort_used if manifest.chat_template else '?'}) |\n"
+            f"| turn-2 history | {c.conversation.turn2_history} |\n"
+            f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
+            f"| methodology | v{summary.methodology_version} |\n"
+        )
+
+    if reference is not None:
+        out.append(f"## Against {reference.name}\n")
+        out.append(
+            f"Reference: {reference.source} (draft length {reference.draft_len}; "
+            f"{reference.setup}). Δ = this run − reference.\n"
+        )
+        out.append(
+            "| Category | this run | 95 % CI | reference | Δ | Δ % |\n|---|---|---|---|---|---|"
+        )
+        for name, group in _rows(summary):
+            ref = reference.overall if name == "overall" else reference.categories.get(name)
+            mine = group.acceptance_length
+            if ref is None or mine is None:
+                delta = rel = "–"
+            else:
+                delta = f"{mine - ref:+.3f}"
+                rel = f"{(mine - ref) / ref:+.1%}"
+            out.append(f"| {name} | {_f(mine)} | {_ci(group)} | {_f(ref)} | {delta} | {rel} |")
+        out.append("")
+
+    out.append("## Other conventions\n")
+    out.append(
+        "Card AL: per question Σe/steps over both turns, averaged over questions. Decode AL: "
+        "the same without prefill steps. Pooled AL: Σe/Σsteps over all steps (token-weighted). "
+        "Draft acceptance: Σ(e−1)/(k·decode steps); 'of proposed' divides by the drafts "
+        "the engine really proposed.\n"
+    )
+    out.append(
+        "| Category | card AL | 95 % CI | decode AL | pooled AL | draft acceptance | of proposed |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    for name, g in _rows(summary):
+        out.append(
+            f"| {name} | {_f(g.acceptance_length)} | {_ci(g)} | {_f(g.decode_acceptance_length)} "
+            f"| {_f(g.pooled_acceptance_length)} | {_f(g.draft_acceptance_rate)} "
+            f"| {_f(g.proposed_draft_acceptance_rate)} |"
+        )
+    out.append("")
+
+    out.append("## Turn split\n")
+    out.append("| Category | turn 1 AL | turn 2 AL |\n|---|---|---|")
+    for name, g in _rows(summary):
+        out.append(
+            f"| {name} | {_f(g.turns['1'].acceptance_length)} | {_f(g.turns['2'].acceptance_length)} |"
+        )
+    out.append("")
+
+    out.append("## Histogram (decode steps by tokens emitted)\n")
+    header = " | ".join(f"e={e}" for e in range(1, k + 2))
+    out.append(f"| Category | {header} |\n|---|" + "---|" * (k + 1))
+    for name, g in _rows(summary):
+        out.append(f"| {name} | " + " | ".join(str(c) for c in g.histogram) + " |")
+    out.append("")
+
+    out.append("## Acceptance per draft position\n")
+    out.append(
+        "Joint: share of decode steps whose first j drafts were all accepted. "
+        "Conditional: draft j accepted given drafts 1..j−1 were.\n"
+    )
+    positions = " | ".join(f"joint j={j} | cond j={j}" for j in range(1, k + 1))
+    out.append(f"| Category | {positions} |\n|---|" + "---|" * (2 * k))
+    for name, g in _rows(summary):
+        cells = " | ".join(
+            f"{_f(jv)} | {_f(cv)}" for jv, cv in zip(g.joint_acceptance, g.conditional_acceptance)
+        )
+        out.append(f"| {name} | {cells} |")
+    out.append("")
+
+    out.append("## Sanity signals\n")
+    for s in summary.signals:
+        out.append(f"- **{s.severity}** `{s.code}`: {s.message}")
+    if not summary.signals:
+        out.append("- none")
+    out.append("")
+    if summary.failed:
+        out.append("## Failed turns\n")
+        for ref in summary.failed:
+            out.append(f"- question {ref.question_id} turn {ref.turn}: {ref.error}")
+        out.append("")
+    out.append("![per category](plots/categories.png)\n")
+    out.append("![histogram](plots/histogram.png)\n")
+    out.append("![per position](plots/positions.png)\n")
+    return "\n".join(out)
+
+
+def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Path) -> list[Path]:
+    """Per-category bars with intervals and reference markers, histogram, per-position."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _rows(summary)
+    written = []
+    k = summary.draft_len
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = [n for n, _ in rows]
+    values = [g.acceptance_length or 0 for _, g in rows]
+    low = [v - (g.ci95[0] if g.ci95 else v) for v, (_, g) in zip(values, rows)]
+    high = [(g.ci95[1] if g.ci95 else v) - v for v, (_, g) in zip(values, rows)]
+    ax.bar(names, values, yerr=[low, high], capsize=4, color="#4C72B0", label="this run (95 % CI)")
+    if reference is not None:
+        ref_vals = [
+            reference.overall if n == "overall" else reference.categories.get(n) for n in names
+        ]
+        xs = [i for i, v in enumerate(ref_vals) if v is not None]
+        ax.scatter(xs, [ref_vals[i] for i in xs], marker="D", color="#DD8452", zorder=3,
+                   label=reference.name)  # fmt: skip
+    ax.set_ylabel("acceptance length (tokens/step)")
+    ax.set_ylim(1, max([k + 1.05, *values]))
+    ax.set_title(f"MT-Bench acceptance length per category (k = {k})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    written.append(folder / "categories.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    if summary.overall is not None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        hist = summary.overall.histogram
+        total = sum(hist) or 1
+        ax.bar([str(e) for e in range(1, k + 2)], [c / total for c in hist], color="#55A868")
+        ax.set_xlabel("tokens emitted per decode step (e)")
+        ax.set_ylabel("share of decode steps")
+        ax.set_title("Acceptance histogram, all categories")
+        fig.tight_layout()
+        written.append(folder / "histogram.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        positions = list(range(1, k + 1))
+        joint = [v or 0 for v in summary.overall.joint_acceptance]
+        cond = [v or 0 for v in summary.overall.conditional_acceptance]
+        ax.plot(positions, joint, marker="o", label="joint (drafts 1..j accepted)")
+        ax.plot(positions, cond, marker="s", label="conditional (j given 1..j-1)")
+        ax.set_xticks(positions)
+        ax.set_xlabel("draft position j")
+        ax.set_ylabel("acceptance")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        ax.set_title("Acceptance per draft position, all categories")
+        fig.tight_layout()
+        written.append(folder / "positions.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def write_results(
+    run: RunDir,
+    summary: Summary,
+    manifest: Manifest | None,
+    reference: ReferenceTable | None,
+) -> None:
+    """The one writer of summary.json, report.md and plots/."""
+    render_plots(summary, reference, run.plots_dir)
+    write_text_atomic(run.report_path, render_report(summary, manifest, reference))
+    write_text_atomic(run.summary_path, summary.model_dump_json(indent=2))

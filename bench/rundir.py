@@ -1,0 +1,192 @@
+"""The run directory, the source of truth for a run (its identity comes from here, never
+from the folder's name):
+
+    manifest.json   resolved config, provenance, status
+    records.jsonl   one TurnRecord per finished (question, turn), append-only
+    summary.json    every metric (written only by `write_results`)
+    report.md       the model-card table first
+    plots/*.png
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench import METHODOLOGY_VERSION, __version__
+from bench.config import REPO_ROOT, RunConfig
+from bench.errors import BenchError
+
+MANIFEST_SCHEMA_VERSION = 1
+Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
+
+_PACKAGES = (
+    "torch", "transformers", "tokenizers", "gguf", "accelerate", "numpy", "pydantic",
+    "datasets", "tensorrt_llm", "tensorrt-llm", "vllm", "sglang", "openai", "httpx",
+)  # fmt: skip
+
+
+class DatasetInfo(BaseModel):
+    source: str
+    sha256: str
+    question_ids: list[int]
+
+
+class ChatTemplateInfo(BaseModel):
+    sha256: str
+    reasoning_effort: str | None
+    reasoning_effort_used: bool
+    """Whether the template renders differently for two efforts (i.e. uses the setting)."""
+    turn2_history: str
+    system_prompt: str | None
+
+
+class EngineRecord(BaseModel):
+    name: str
+    version: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    run_id: str
+    methodology_version: str = METHODOLOGY_VERSION
+    bench_version: str = __version__
+    status: Status = "running"
+    config: RunConfig
+    config_path: str | None = None
+    command: list[str] = Field(default_factory=list)
+    dataset: DatasetInfo
+    chat_template: ChatTemplateInfo | None = None
+    engine: EngineRecord | None = None
+    packages: dict[str, str] = Field(default_factory=dict)
+    git: dict[str, Any] = Field(default_factory=dict)
+    host: dict[str, Any] = Field(default_factory=dict)
+    started_at: str
+    finished_at: str | None = None
+    wall_s: float | None = None
+    """Seconds of this run's sessions (a resumed run adds its sessions)."""
+    peak_rss_mb: float | None = None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def host_info(device: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "accelerator": None,
+    }
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            info["accelerator"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:
+        return None
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_text_atomic(path: Path, data: str) -> None:
+    """Write to a temporary file and rename: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(data, encoding="utf-8")
+    partial.replace(path)
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    manifest_path = property(lambda self: self.path / "manifest.json")
+    records_path = property(lambda self: self.path / "records.jsonl")
+    summary_path = property(lambda self: self.path / "summary.json")
+    report_path = property(lambda self: self.path / "report.md")
+    plots_dir = property(lambda self: self.path / "plots")
+
+    @classmethod
+    def create(cls, path: Path) -> RunDir:
+        """A new, empty, writable run directory."""
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise BenchError(
+                f"{path} already exists and is not empty; choose another --out "
+                "or use --resume to finish that run"
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise BenchError(f"cannot write the run directory {path}: {err.strerror}") from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        run = cls(path)
+        if not run.manifest_path.is_file():
+            raise BenchError(f"{path} is not a run directory (no manifest.json)")
+        return run
+
+    def read_manifest(self) -> Manifest:
+        try:
+            return Manifest.model_validate(json.loads(self.manifest_path.read_text("utf-8")))
+        except (json.JSONDecodeError, ValidationError) as err:
+            raise BenchError(f"{self.manifest_path} is damaged: {err}") from None
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_text_atomic(self.manifest_path, manifest.model_dump_json(indent=2))
+
+
+def default_run_id(config: RunConfig) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{config.name}-k{config.draft_len}"

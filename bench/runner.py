@@ -1,0 +1,299 @@
+"""`bench run`: drive every (question, turn) through an engine into a run directory.
+
+Order matters for honest failure: everything a user can get wrong (config, questions,
+reference table, output folder, tokenizer, model) is checked before the run directory is
+created, so bad input leaves nothing behind that looks like a result. Once turns run, each
+finished turn is on disk before the next starts; Ctrl-C leaves a resumable directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench.config import RunConfig
+from bench.conversation import ChatFormat, load_tokenizer, turn_messages
+from bench.dataset import Question, load_questions
+from bench.engines import Engine, SamplingParams, create_engine
+from bench.errors import BenchError
+from bench.metrics import Summary, summarize
+from bench.records import (
+    RecordWriter,
+    TurnRecord,
+    drop_torn_tail,
+    latest_by_turn,
+    read_records,
+)
+from bench.references import ReferenceTable, load_reference
+from bench.report import write_results
+from bench.rundir import (
+    ChatTemplateInfo,
+    DatasetInfo,
+    EngineRecord,
+    Manifest,
+    RunDir,
+    default_run_id,
+    git_state,
+    host_info,
+    now_iso,
+    package_versions,
+    peak_rss_mb,
+)
+
+
+class RunInterrupted(BenchError):
+    exit_code = 130
+
+
+@dataclass
+class RunOutcome:
+    run: RunDir
+    summary: Summary
+    output_tokens: int
+    engine_seconds: float
+    wall_s: float
+
+
+def check_output_folder(path: Path) -> None:
+    """Fail before any heavy work if the run directory cannot be created here."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BenchError(
+            f"{path} already exists and is not empty; choose another --out "
+            "or use --resume to finish that run"
+        )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchError(f"cannot create the run directory {path}: {parent} is not writable")
+
+
+def quiet_libraries() -> None:
+    """Libraries' own progress bars (e.g. GGUF dequantisation) only where a user watches."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
+def sampling_params(config: RunConfig) -> SamplingParams:
+    return SamplingParams(
+        temperature=config.sampling.temperature,
+        max_tokens=config.sampling.max_tokens,
+        draft_len=config.draft_len,
+        seed=config.sampling.seed,
+    )
+
+
+async def run_turn(
+    engine: Engine,
+    chat: ChatFormat,
+    config: RunConfig,
+    question: Question,
+    turn: int,
+    turn1_text: str | None,
+) -> TurnRecord:
+    """One turn through the engine. An engine fault becomes a failed record (kept, never
+    averaged in, redone on resume); a user error (BenchError) stops the run."""
+    messages = turn_messages(question, turn, config.conversation, turn1_text)
+    prompt_ids = chat.prompt_ids(messages)
+    base = {"question_id": question.question_id, "category": question.category, "turn": turn}
+    try:
+        generation = await engine.generate(prompt_ids, sampling_params(config))
+    except (BenchError, KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except Exception as err:  # an engine fault on this turn: recorded, not fatal
+        return TurnRecord(
+            **base, prompt_tokens=len(prompt_ids), steps=[], prefill_step=False,
+            output_tokens=0, token_ids=[], text="", finish_reason="error", duration_s=0.0,
+            error=f"{type(err).__name__}: {err}",
+        )  # fmt: skip
+    return TurnRecord(
+        **base,
+        prompt_tokens=len(prompt_ids),
+        steps=generation.steps,
+        prefill_step=generation.prefill_step,
+        drafted=generation.drafted,
+        output_tokens=sum(generation.steps),
+        token_ids=generation.token_ids,
+        text=generation.text,
+        finish_reason=generation.finish_reason,
+        ttft_s=generation.ttft_s,
+        duration_s=generation.duration_s,
+        engine_counters=generation.engine_counters,
+    )
+
+
+async def drive(
+    engine: Engine,
+    chat: ChatFormat,
+    config: RunConfig,
+    questions: Sequence[Question],
+    writer: RecordWriter,
+    done: dict[tuple[int, int], TurnRecord],
+    progress: tqdm,
+) -> None:
+    """Both turns of every question; turn 2 always gets its own turn 1's output."""
+    semaphore = asyncio.Semaphore(config.concurrency)
+
+    async def one(question: Question) -> None:
+        async with semaphore:
+            first = done.get((question.question_id, 1))
+            if first is None or not first.ok:
+                first = await run_turn(engine, chat, config, question, 1, None)
+                writer.append(first)
+                progress.update(1)
+            if not first.ok:
+                progress.update(1)  # turn 2 cannot run without turn 1's answer
+                return
+            second = done.get((question.question_id, 2))
+            if second is None or not second.ok:
+                second = await run_turn(engine, chat, config, question, 2, first.text)
+                writer.append(second)
+                progress.update(1)
+
+    await asyncio.gather(*(one(q) for q in questions))
+
+
+def _load_reference(config: RunConfig) -> ReferenceTable | None:
+    return load_reference(config.reference) if config.reference else None
+
+
+def execute(
+    config: RunConfig | None,
+    *,
+    out: Path | None = None,
+    resume: Path | None = None,
+    quiet: bool = False,
+    config_path: str | None = None,
+    command: Sequence[str] = (),
+) -> RunOutcome:
+    """Run (or resume) a benchmark and write its run directory."""
+    started = time.perf_counter()
+    previous_wall = 0.0
+    if resume is not None:
+        run = RunDir.open(resume)
+        manifest = run.read_manifest()
+        config = manifest.config
+        previous_wall = manifest.wall_s or 0.0
+    else:
+        assert config is not None
+        run = RunDir(out or Path("results") / "runs" / default_run_id(config))
+        check_output_folder(run.path)
+
+    source, questions = load_questions(config.dataset)
+    if resume is not None and [q.question_id for q in questions] != manifest.dataset.question_ids:
+        raise BenchError(
+            f"the questions now selected differ from those of {run.path}; "
+            "the dataset changed since the run started"
+        )
+    reference = _load_reference(config)
+    if quiet or not sys.stderr.isatty():
+        quiet_libraries()
+    chat = ChatFormat(load_tokenizer(config.target), config.conversation)
+    template = ChatTemplateInfo(
+        sha256=chat.template_sha256,
+        reasoning_effort=config.conversation.reasoning_effort,
+        reasoning_effort_used=chat.reasoning_effort_used,
+        turn2_history=config.conversation.turn2_history,
+        system_prompt=config.conversation.system_prompt,
+    )
+    engine = create_engine(config, chat)
+    try:
+        if resume is None:
+            RunDir.create(run.path)
+            manifest = Manifest(
+                run_id=run.path.name,
+                config=config,
+                config_path=config_path,
+                command=list(command),
+                dataset=DatasetInfo(
+                    source=source.source,
+                    sha256=source.sha256,
+                    question_ids=[q.question_id for q in questions],
+                ),
+                started_at=now_iso(),
+            )
+        elif manifest.chat_template and manifest.chat_template.sha256 != template.sha256:
+            raise BenchError(f"the chat template changed since {run.path} started")
+        manifest = manifest.model_copy(
+            update={
+                "status": "running",
+                "chat_template": template,
+                "engine": EngineRecord(
+                    name=engine.info.name, version=engine.info.version,
+                    details=engine.info.details,
+                ),
+                "packages": package_versions(),
+                "git": git_state(),
+                "host": host_info(),
+            }
+        )  # fmt: skip
+        run.write_manifest(manifest)
+
+        drop_torn_tail(run.records_path)
+        existing = read_records(run.records_path) if run.records_path.exists() else []
+        done = latest_by_turn(existing)
+        finished = sum(1 for r in done.values() if r.ok)
+        progress = tqdm(
+            total=2 * len(questions), initial=finished, unit="turn", desc="MT-Bench",
+            disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+        )  # fmt: skip
+        try:
+            with RecordWriter(run.records_path) as writer, progress:
+                asyncio.run(drive(engine, chat, config, questions, writer, done, progress))
+        except KeyboardInterrupt:
+            run.write_manifest(manifest.model_copy(update={
+                "status": "interrupted",
+                "wall_s": previous_wall + time.perf_counter() - started,
+            }))  # fmt: skip
+            raise RunInterrupted(
+                f"interrupted; finished turns are saved in {run.path}: "
+                f"python -m bench run --resume {run.path}"
+            ) from None
+        except BenchError:
+            run.write_manifest(manifest.model_copy(update={"status": "failed"}))
+            raise
+    finally:
+        asyncio.run(engine.aclose())
+
+    records = read_records(run.records_path)
+    summary = summarize(records, config.draft_len, [q.question_id for q in questions])
+    wall_s = previous_wall + time.perf_counter() - started
+    manifest = manifest.model_copy(
+        update={
+            "status": "complete" if summary.complete else "incomplete",
+            "finished_at": now_iso(),
+            "wall_s": wall_s,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
+    write_results(run, summary, manifest, reference)
+    run.write_manifest(manifest)
+    latest = [r for r in latest_by_turn(records).values() if r.ok]
+    return RunOutcome(
+        run=run,
+        summary=summary,
+        output_tokens=sum(r.output_tokens for r in latest),
+        engine_seconds=sum(r.duration_s for r in latest),
+        wall_s=wall_s,
+    )
+
+
+def rebuild_report(path: Path) -> Summary:
+    """`bench report RUN_DIR`: summary, report and plots again from records.jsonl alone."""
+    run = RunDir.open(path)
+    manifest = run.read_manifest()
+    records = read_records(run.records_path)
+    summary = summarize(records, manifest.config.draft_len, manifest.dataset.question_ids)
+    write_results(run, summary, manifest, _load_reference(manifest.config))
+    return summary

@@ -1,0 +1,143 @@
+"""Metric tables with visible arithmetic, starting with docs/metrics.md's worked example."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.metrics import (
+    bootstrap_ci95,
+    conditional_acceptance,
+    draft_acceptance_rate,
+    histogram,
+    joint_acceptance,
+    summarize,
+)
+from bench.records import TurnRecord
+
+
+def record(qid: int, turn: int, steps: list[int], category: str = "writing", **kw) -> TurnRecord:
+    fields = dict(
+        question_id=qid, category=category, turn=turn, prompt_tokens=10, steps=steps,
+        prefill_step=True, output_tokens=sum(steps), token_ids=list(range(sum(steps))),
+        text="x", finish_reason="stop", duration_s=1.0,
+    )  # fmt: skip
+    fields.update(kw)
+    return TurnRecord(**fields)
+
+
+# The worked example: k = 3, one question.
+WORKED = [record(81, 1, [1, 4, 2, 1, 3]), record(81, 2, [1, 4, 4, 2])]
+
+
+def test_worked_example_every_figure():
+    s = summarize(WORKED, draft_len=3)
+    w = s.categories["writing"]
+    assert w.acceptance_length == pytest.approx(22 / 9)  # (11 + 11) / (5 + 4) = 2.444
+    assert round(w.acceptance_length, 3) == 2.444
+    assert w.decode_acceptance_length == pytest.approx(20 / 7)  # 2.857
+    assert w.turns["1"].acceptance_length == pytest.approx(11 / 5)  # 2.200
+    assert w.turns["2"].acceptance_length == pytest.approx(11 / 4)  # 2.750
+    assert w.histogram == [1, 2, 1, 3]  # decode steps 4,2,1,3,4,4,2
+    assert w.draft_acceptance_rate == pytest.approx(13 / 21)  # 0.619
+    assert w.joint_acceptance == pytest.approx([6 / 7, 4 / 7, 3 / 7])
+    assert w.conditional_acceptance == pytest.approx([6 / 7, 4 / 6, 3 / 4])
+    assert w.steps == 9 and w.decode_steps == 7 and w.output_tokens == 22
+    assert s.overall is not None and s.overall.acceptance_length == pytest.approx(22 / 9)
+    assert s.complete and s.valid
+
+
+def test_category_is_macro_average_pooled_is_token_weighted():
+    # Second question: AL exactly 3.000 with a different step count: 12 tokens / 4 steps.
+    records = [*WORKED, record(82, 1, [1, 4, 4]), record(82, 2, [3])]
+    s = summarize(records, draft_len=3)
+    w = s.categories["writing"]
+    assert w.acceptance_length == pytest.approx((22 / 9 + 3.0) / 2)  # 2.722
+    assert round(w.acceptance_length, 3) == 2.722
+    assert w.pooled_acceptance_length == pytest.approx((22 + 12) / (9 + 4))  # 2.615
+
+
+def test_histogram_and_positions_by_hand():
+    hist = histogram([1, 1, 2, 4, 4, 3], draft_len=3)
+    assert hist == [2, 1, 1, 2]
+    assert joint_acceptance(hist) == pytest.approx([4 / 6, 3 / 6, 2 / 6])
+    assert conditional_acceptance(hist) == pytest.approx([4 / 6, 3 / 4, 2 / 3])
+    assert draft_acceptance_rate([1, 1, 2, 4, 4, 3], 3) == pytest.approx(
+        (0 + 0 + 1 + 3 + 3 + 2) / 18
+    )
+
+
+def test_proposed_rate_uses_engine_drafts_when_known():
+    recs = [
+        record(81, 1, [1, 2, 1], drafted=[0, 3, 1]),
+        record(81, 2, [1, 1], drafted=[0, 0]),
+    ]
+    w = summarize(recs, draft_len=3).categories["writing"]
+    assert w.proposed_draft_acceptance_rate == pytest.approx(1 / 4)  # 1 accepted / 4 proposed
+    assert w.draft_acceptance_rate == pytest.approx(1 / 9)  # 1 / (3 × 3 decode steps)
+    no_drafts = summarize(WORKED, draft_len=3).categories["writing"]
+    assert no_drafts.proposed_draft_acceptance_rate is None
+
+
+def test_categories_in_card_order_and_overall_mean_of_questions():
+    recs = [
+        record(111, 1, [1, 2], category="math"), record(111, 2, [1, 2], category="math"),
+        record(81, 1, [1, 1]), record(81, 2, [1, 1]),
+    ]  # fmt: skip
+    s = summarize(recs, draft_len=3)
+    assert list(s.categories) == ["writing", "math"]
+    assert s.overall.acceptance_length == pytest.approx((1.5 + 1.0) / 2)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    values = [1.2, 1.5, 1.9, 2.4, 2.0, 1.1, 1.7, 2.2, 1.4, 1.8]
+    a = bootstrap_ci95([values])
+    assert a == bootstrap_ci95([values])
+    assert a[0] < sum(values) / len(values) < a[1]
+    assert bootstrap_ci95([[2.0]]) == (2.0, 2.0)
+
+
+def test_missing_and_failed_turns_are_listed_not_averaged():
+    recs = [
+        *WORKED,
+        record(82, 1, [], finish_reason="error", error="RuntimeError: boom", prefill_step=False),
+        record(83, 1, [1, 2]),
+    ]
+    s = summarize(recs, draft_len=3, expected_question_ids=[81, 82, 83, 84])
+    assert not s.complete and not s.valid
+    assert s.counted_questions == 1
+    assert [(m.question_id, m.turn) for m in s.missing] == [(82, 2), (83, 2), (84, 1), (84, 2)]
+    assert [(f.question_id, f.turn) for f in s.failed] == [(82, 1)]
+    assert s.categories["writing"].acceptance_length == pytest.approx(22 / 9)
+    assert "failed_turns" in {sig.code for sig in s.signals}
+
+
+def test_resumed_turn_supersedes_its_failure():
+    recs = [
+        record(81, 1, [], finish_reason="error", error="x", prefill_step=False),
+        *WORKED,
+    ]
+    assert summarize(recs, draft_len=3).complete
+
+
+@pytest.mark.parametrize(
+    ("steps", "code"),
+    [
+        ([[1, 5, 1], [1, 2]], "step_exceeds_draft_len"),
+        ([[1] * 20, [1] * 20], "acceptance_near_one"),
+        ([[1] + [4] * 12 + [2], [1] + [4] * 5 + [1]], "all_full_acceptance"),
+    ],
+)
+def test_sanity_signals_that_invalidate(steps, code):
+    recs = [record(81, 1, steps[0]), record(81, 2, steps[1])]
+    s = summarize(recs, draft_len=3)
+    assert code in {sig.code for sig in s.signals if sig.severity == "error"}
+    assert not s.valid
+
+
+def test_length_capped_share_is_reported():
+    recs = [record(81, 1, [1, 2, 2], finish_reason="length"), record(81, 2, [1, 2])]
+    s = summarize(recs, draft_len=3)
+    assert s.length_capped_turns == 1 and s.length_capped_share == 0.5
+    assert s.valid  # a capped turn is counted, and flagged, not invalid
+    capped = next(sig for sig in s.signals if sig.code == "length_capped_turns")
+    assert capped.severity == "warning"
