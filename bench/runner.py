@@ -9,7 +9,9 @@ finished turn is on disk before the next starts; Ctrl-C leaves a resumable direc
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,23 +63,29 @@ class RunOutcome:
 
 
 def check_output_folder(path: Path) -> None:
-    """Fail before any heavy work if the run directory cannot be created here."""
+    """Fail before any heavy work if the run directory cannot be created here: try making
+    (and removing) a folder in the nearest existing parent."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BenchError(
             f"{path} already exists and is not empty; choose another --out "
             "or use --resume to finish that run"
         )
-    parent = path
+    parent = path if path.exists() else path.parent
     while not parent.exists():
         parent = parent.parent
-    import os
-
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BenchError(f"cannot create the run directory {path}: {parent} is not writable")
+    if not parent.is_dir():
+        raise BenchError(f"cannot create the run directory {path}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".bench-probe-", dir=parent))
+    except OSError as err:
+        raise BenchError(
+            f"cannot create the run directory {path}: {parent} is not writable ({err.strerror})"
+        ) from None
 
 
 def quiet_libraries() -> None:
     """Libraries' own progress bars (e.g. GGUF dequantisation) only where a user watches."""
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF loader uses a bare tqdm
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:

