@@ -107,8 +107,8 @@ def random_head_weights(
         "norm.weight": norm(h),
         "lm_head.weight": rand(vd, h, scale=1.0),
     }
-    if vd != v:  # draft id i → target id i + d2t[i]: every other target id from 2 on
-        w["d2t"] = torch.arange(vd) + 2
+    if vd != v:  # draft id i → target id i + d2t[i]: every other id from 2 on, where it fits
+        w["d2t"] = torch.arange(vd) + 2 if 2 * vd + 2 <= v else torch.zeros(vd, dtype=torch.long)
         w["t2d"] = torch.zeros(v, dtype=torch.bool)
         w["t2d"][w["d2t"] + torch.arange(vd)] = True
     if config.get("norm_before_fc"):
