@@ -23,8 +23,12 @@ from torch import nn
 from bench.errors import BenchError
 from bench.target import WEIGHT_PATTERNS, checkpoint_sha256, weight_files
 
-# Architectures of Llama-style heads as the publishers name them.
-LLAMA_STYLE = {"LlamaForCausalLMEagle3", "Eagle3Speculator", "Eagle3DraftModel", "EagleModel"}
+# Architectures of Llama-style heads as the publishers name them (a plain LlamaForCausalLM
+# name passes here; its layer count and weight shapes are then checked like any head's).
+LLAMA_STYLE = {
+    "LlamaForCausalLMEagle3", "Eagle3Speculator", "Eagle3DraftModel", "EagleModel",
+    "LlamaForCausalLM",
+}  # fmt: skip
 _MLA_CONFIG_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim")
 _MLA_WEIGHTS = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj")
 
