@@ -167,3 +167,19 @@ def test_draft_model_with_another_vocabulary_is_refused():
     check_same_vocabulary(Vocab({"a": 0, "b": 1}), Vocab({"a": 0, "b": 1}), "same")
     with pytest.raises(BenchError, match="does not share the target's tokenizer: 2 tokens differ"):
         check_same_vocabulary(Vocab({"a": 0, "c": 1}), Vocab({"a": 0, "b": 1}), "other")
+
+
+def test_drafter_paths_are_relative_to_the_config_file(tmp_path):
+    from bench.config import load_config
+
+    (tmp_path / "heads" / "mine").mkdir(parents=True)
+    base = "name: x\ntarget: {name: t, hf_id: some/target}\n"
+    for drafter, field, expected in (
+        ("{kind: eagle3, checkpoint: heads/mine}", "checkpoint", str(tmp_path / "heads" / "mine")),
+        ("{kind: eagle3, checkpoint: yuhuili/EAGLE3-LLaMA3.1-Instruct-8B}", "checkpoint",
+         "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B"),  # no such folder: a hub id, as written
+        ("{kind: draft_model, path: drafts/small}", "path", str(tmp_path / "drafts" / "small")),
+    ):  # fmt: skip
+        path = tmp_path / "run.yaml"
+        path.write_text(base + f"engine: {{kind: reference, drafter: {drafter}}}\n")
+        assert getattr(load_config(path).engine.drafter, field) == expected
