@@ -85,6 +85,44 @@ class NgramDrafterConfig(Frozen):
         return self
 
 
+class Eagle3DrafterConfig(Frozen):
+    """An EAGLE-3 draft head (Llama-style, REFERENCE.md §8) fed by the target's hidden states."""
+
+    kind: Literal["eagle3"] = "eagle3"
+    checkpoint: str
+    """The head's folder (config.json + safetensors) or Hugging Face id."""
+    revision: str | None = None
+    """Hub revision for a Hugging Face id."""
+
+
+class DraftModelDrafterConfig(Frozen):
+    """An ordinary smaller causal LM sharing the target's tokenizer, drafting token by token."""
+
+    kind: Literal["draft_model"] = "draft_model"
+    path: str | None = None
+    """A local model folder, or a local .gguf file."""
+    hf_id: str | None = None
+    """A Hugging Face model id."""
+    revision: str | None = None
+    """Hub revision for `hf_id`."""
+    gguf_file: str | None = None
+    """Name of the .gguf file inside `path` or `hf_id`, when the weights are GGUF."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights dtype."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DraftModelDrafterConfig:
+        if (self.path is None) == (self.hf_id is None):
+            raise ValueError("drafter (draft_model) needs exactly one of path or hf_id")
+        return self
+
+
+DrafterConfig = Annotated[
+    NgramDrafterConfig | Eagle3DrafterConfig | DraftModelDrafterConfig,
+    Field(discriminator="kind"),
+]
+
+
 class ReferenceEngineConfig(Frozen):
     """The in-process PyTorch + transformers speculative decoder (the ground truth)."""
 
@@ -93,8 +131,8 @@ class ReferenceEngineConfig(Frozen):
     """`auto` takes CUDA when present."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores."""
-    drafter: NgramDrafterConfig = NgramDrafterConfig()
-    """How draft tokens are proposed."""
+    drafter: DrafterConfig = NgramDrafterConfig()
+    """How draft tokens are proposed: `ngram`, `eagle3` or `draft_model`."""
 
 
 class TrtllmEngineConfig(Frozen):
@@ -200,6 +238,22 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {where}: {first['msg']}{more}"
 
 
+def _resolve_drafter_paths(data: dict[str, Any], base: Path) -> None:
+    """A draft model's `path` is relative to the config file; so is an EAGLE-3 `checkpoint`
+    when a folder exists there (otherwise it is a Hugging Face id and stays as written)."""
+    engine = data.get("engine")
+    drafter = engine.get("drafter") if isinstance(engine, dict) else None
+    if not isinstance(drafter, dict):
+        return
+    if isinstance(drafter.get("path"), str):
+        drafter["path"] = _resolve_path(drafter["path"], base)
+    checkpoint = drafter.get("checkpoint")
+    if isinstance(checkpoint, str):
+        local = _resolve_path(checkpoint, base)
+        if local is not None and Path(local).is_dir():
+            drafter["checkpoint"] = local
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML config, apply `overrides` (dotted keys), validate once.
 
@@ -225,6 +279,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     for section, key in (("dataset", "questions"), ("target", "path")):
         if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
             data[section][key] = _resolve_path(data[section][key], base)
+    _resolve_drafter_paths(data, base)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -190,3 +190,57 @@ class RunDir:
 def default_run_id(config: RunConfig) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{config.name}-k{config.draft_len}"
+
+
+def drafter_identity(manifest: Manifest) -> dict[str, Any]:
+    """Which drafter a run measured: `kind`, `checkpoint` (folder, hub id, or the n-gram
+    settings) and `checkpoint_sha256` (None where the engine could not hash the files).
+
+    The reference engine records it in `engine.details.drafter`; an engine that records
+    none (TensorRT-LLM drafts with the EAGLE-3 head of `speculative_model_dir`) is read
+    from its config."""
+    details = manifest.engine.details.get("drafter") if manifest.engine else None
+    engine = manifest.config.engine
+    if not isinstance(details, dict):
+        if engine.kind == "reference":
+            details = engine.drafter.model_dump()
+        else:
+            model_dir = getattr(engine, "speculative_model_dir", None)
+            details = {"kind": "eagle3" if model_dir else "unknown", "checkpoint": model_dir}
+    kind = details.get("kind", "unknown")
+    if kind == "ngram":
+        checkpoint = f"max_ngram={details.get('max_ngram')}, min_ngram={details.get('min_ngram')}"
+    else:
+        checkpoint = details.get("checkpoint") or details.get("path") or details.get("hf_id")
+    return {
+        "kind": kind,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": details.get("checkpoint_sha256"),
+    }
+
+
+def check_same_drafter(runs: dict[str, Manifest], allow_mixed: bool = False) -> None:
+    """Refuse to compare runs that measured different drafters, unless `allow_mixed`.
+
+    Same drafter: the same kind, and the same checkpoint files where both runs hashed them
+    (one checkpoint measured on two engines compares), else the same checkpoint name."""
+    if allow_mixed or len(runs) < 2:
+        return
+    (first_name, first), *rest = [(name, drafter_identity(m)) for name, m in runs.items()]
+    for name, other in rest:
+        same = first["kind"] == other["kind"]
+        if first["checkpoint_sha256"] and other["checkpoint_sha256"]:
+            same = same and first["checkpoint_sha256"] == other["checkpoint_sha256"]
+        else:
+            same = same and first["checkpoint"] == other["checkpoint"]
+        if not same:
+            raise BenchError(
+                f"{first_name} and {name} measured different drafters "
+                f"({_describe(first)} vs {_describe(other)}); "
+                "pass --allow-mixed-drafters to compare them anyway"
+            )
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    sha = identity["checkpoint_sha256"]
+    return f"{identity['kind']} {identity['checkpoint']}" + (f" sha256 {sha[:12]}" if sha else "")

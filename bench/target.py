@@ -6,6 +6,7 @@ weights) resolve the target through here, so they always read the same files.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +45,44 @@ def resolve_target(target: TargetConfig) -> ResolvedTarget:
         return ResolvedTarget(str(path), target.gguf_file, None)
     assert target.hf_id is not None
     return ResolvedTarget(target.hf_id, target.gguf_file, None)
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files a transformers checkpoint folder holds (safetensors when both)."""
+    files = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return safetensors or files
+
+
+def checkpoint_sha256(folder: Path, gguf_file: str | None = None) -> str:
+    """sha256 over a checkpoint's files: the .gguf file alone, or config.json and the weight
+    files (each file's name, then its bytes, in name order)."""
+    paths = [folder / gguf_file] if gguf_file else [folder / "config.json", *weight_files(folder)]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def local_files(location: str, revision: str | None, gguf_file: str | None) -> Path | None:
+    """The local folder holding a checkpoint: the folder itself, or the Hugging Face cache's
+    snapshot of a hub id (None when it is not there)."""
+    if Path(location).is_dir():
+        return Path(location)
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = [gguf_file] if gguf_file else ["config.json", *WEIGHT_PATTERNS]
+        return Path(
+            snapshot_download(
+                location, revision=revision, allow_patterns=patterns, local_files_only=True
+            )
+        )
+    except Exception:
+        return None

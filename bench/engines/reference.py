@@ -8,17 +8,16 @@ target, token for token.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bench import __version__
-from bench.config import RunConfig
+from bench.config import RunConfig, TargetConfig
 from bench.conversation import ChatFormat
 from bench.engines import EngineInfo, SamplingParams
-from bench.engines.drafters import Drafter, Proposal, build_drafter
+from bench.engines.drafters import Drafter, DraftInputs, Proposal, build_drafter, cache_argument
 from bench.errors import BenchError
 from bench.records import Generation
 
@@ -78,15 +77,21 @@ class SpeculativeDecoder:
         self.drafter = drafter
         self.stop_token_ids = stop_token_ids
         self.device = next(model.parameters()).device
-        # transformers renamed `past_key_values` to `cache` (5.x); take what this one has.
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
+        # hidden_states indices the drafter reads (EAGLE-3: three); never the last, normed one.
+        self.captured = tuple(getattr(drafter, "captured_layers", ()))
 
-    def _forward(self, token_ids: list[int], cache: Any) -> torch.Tensor:
-        """Logits [len(token_ids), V] for new tokens appended to the cached context."""
+    def _forward(self, token_ids: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
+        """Logits [n, V] for n new tokens appended to the cached context, and from the same
+        pass the drafter's captured hidden states [n, C·H] (None when it needs none)."""
         inputs = torch.tensor([token_ids], device=self.device)
         kwargs = {self._cache_arg: cache}
-        return self.model(input_ids=inputs, use_cache=True, **kwargs).logits[0]
+        out = self.model(
+            input_ids=inputs, use_cache=True, output_hidden_states=bool(self.captured), **kwargs
+        )
+        if not self.captured:
+            return out.logits[0], None
+        return out.logits[0], torch.cat([out.hidden_states[i][0] for i in self.captured], dim=-1)
 
     @torch.inference_mode()
     def generate(
@@ -105,9 +110,10 @@ class SpeculativeDecoder:
         cache = DynamicCache()
 
         # Prefill: one pass over the prompt yields the first token (a step of 1, flagged).
-        logits = self._forward(prompt_ids, cache)
+        logits, hidden = self._forward(prompt_ids, cache)  # [P, V], [P, C·H] | None
         _, first = verify(logits[-1:], Proposal([]), sampling.temperature, generator)
         out, steps, drafted = [first], [1], [0]
+        seen = DraftInputs(0, hidden, sampling.temperature, generator)
         ttft_s = time.perf_counter() - start
         if on_step:
             on_step([first])
@@ -115,19 +121,24 @@ class SpeculativeDecoder:
         while out[-1] not in self.stop_token_ids and len(out) < sampling.max_tokens:
             # Never draft past max_tokens: a step emits at most k + 1 tokens.
             k = min(sampling.draft_len, sampling.max_tokens - len(out) - 1)
-            proposal = self.drafter.propose(prompt_ids + out, k)
+            proposal = self.drafter.propose(prompt_ids + out, k, seen)
             d = len(proposal.tokens)
             # The cache holds every context token but the newest; feed it plus the drafts.
-            logits = self._forward([out[-1], *proposal.tokens], cache)  # [1 + d, V]
+            position = len(prompt_ids) + len(out) - 1  # of out[-1]
+            logits, hidden = self._forward([out[-1], *proposal.tokens], cache)  # [1 + d, V]
             accepted, next_token = verify(logits, proposal, sampling.temperature, generator)
+            self.drafter.accept(accepted)
             new = [*proposal.tokens[:accepted], next_token]
             for i, token in enumerate(new):  # a stop token ends the turn inside a step
                 if token in self.stop_token_ids:
                     new = new[: i + 1]
                     break
-            # Roll the cache back to the accepted context (the rejected drafts leave).
+            # Roll the cache back to the accepted context (the rejected drafts leave), and
+            # keep the hidden states of the rows that stay (out[-1] and the accepted drafts).
             if d > accepted:
                 cache.crop(-(d - accepted))
+            kept = None if hidden is None else hidden[: 1 + accepted]  # [1 + a, C·H]
+            seen = DraftInputs(position, kept, sampling.temperature, generator)
             out.extend(new)
             steps.append(len(new))
             drafted.append(d)
@@ -144,24 +155,36 @@ def _pick_device(wanted: str) -> str:
     return wanted
 
 
-def load_target_model(config: RunConfig, device: str) -> Any:
+def load_causal_lm(
+    target: TargetConfig, device: str, role: str = "target model"
+) -> tuple[Any, str | None]:
+    """A causal LM (the target, or a draft model) and the sha256 of its files (None when the
+    files cannot be found locally to hash)."""
     from transformers import AutoModelForCausalLM
 
-    from bench.target import resolve_target
+    from bench.target import checkpoint_sha256, local_files, resolve_target
 
-    resolved = resolve_target(config.target)
-    kwargs: dict[str, Any] = {"trust_remote_code": config.target.trust_remote_code}
+    resolved = resolve_target(target)
+    kwargs: dict[str, Any] = {"trust_remote_code": target.trust_remote_code}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
-    if config.target.revision:
-        kwargs["revision"] = config.target.revision
-    dtype = config.target.dtype
+    if target.revision:
+        kwargs["revision"] = target.revision
+    dtype = target.dtype
     kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
     except Exception as err:
-        raise BenchError(f"could not load the target model {config.target.name}: {err}") from None
-    return model.to(device).eval()
+        raise BenchError(f"could not load the {role} {target.name}: {err}") from None
+    sha256 = resolved.sha256
+    if sha256 is None:
+        folder = local_files(resolved.location, target.revision, resolved.gguf_file)
+        sha256 = checkpoint_sha256(folder, resolved.gguf_file) if folder else None
+    return model.to(device).eval(), sha256
+
+
+def load_target_model(config: RunConfig, device: str) -> Any:
+    return load_causal_lm(config.target, device)[0]
 
 
 class ReferenceEngine:
@@ -181,7 +204,10 @@ class ReferenceEngine:
         stop.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
         if not stop:
             raise BenchError(f"{config.target.name} declares no end-of-sequence token")
-        self.decoder = SpeculativeDecoder(self.model, build_drafter(engine.drafter), stop)
+        drafter, drafter_info = build_drafter(
+            engine.drafter, self.model, chat_format.tokenizer, device
+        )
+        self.decoder = SpeculativeDecoder(self.model, drafter, stop)
         import transformers
 
         self.info = EngineInfo(
@@ -192,7 +218,7 @@ class ReferenceEngine:
                 "device": device,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads() if device == "cpu" else None,
-                "drafter": engine.drafter.model_dump(),
+                "drafter": drafter_info,
                 "stop_token_ids": sorted(stop),
                 "architecture": type(self.model).__name__,
             },
