@@ -417,9 +417,11 @@ def _run_cells(entry: RunEntry) -> list[str]:
     ]  # fmt: skip
 
 
-def _gate_html(result: Comparison | None, against: str) -> str:
+def _gate_html(result: Comparison | str | None, against: str) -> str:
     if result is None:
         return f'<p class="muted">No {against} to gate against.</p>'
+    if isinstance(result, str):
+        return f'<p class="bad" id="gate-{against}">{esc(result)}</p>'
     if result.passed:
         return (f'<p class="good" id="gate-{against}">Gate against the {against}: no regression '
                 f"(tolerance {result.gate.tolerance:.1%}).</p>")  # fmt: skip
@@ -441,9 +443,12 @@ def render_site(
     latest = (non_baseline or runs)[-1]
     latest.excerpts = _excerpts(latest)
     trend_runs = [r for r in runs if r is not baseline]
-    gate = None
+    gate: Comparison | str | None = None
     if baseline is not None and baseline is not latest:
-        gate = compare(load_side(baseline.path), load_side(latest.path), GateConfig())
+        try:
+            gate = compare(load_side(baseline.path), load_side(latest.path), GateConfig())
+        except BenchError as err:  # shown on the page; the other runs still render
+            gate = f"cannot compare: {err}"
 
     s = latest.summary
     rows = _latest_rows(latest, baseline, reference)
@@ -505,7 +510,9 @@ def render_site(
           "(the cards' acceptance rate), 95 % bootstrap interval over questions.\n",
           "| " + " | ".join(LATEST_HEADER) + " |", "|" + "---|" * len(LATEST_HEADER)]  # fmt: skip
     md += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for _, cells in rows]
-    if gate is not None:
+    if isinstance(gate, str):
+        md.append(f"\n**Gate against the baseline:** {md_escape(gate)}")
+    elif gate is not None:
         md.append("\n**Gate against the baseline:** " + (
             "no regression" if gate.passed
             else "; ".join(md_escape(c.message) for c in gate.failures)))  # fmt: skip

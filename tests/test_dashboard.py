@@ -150,7 +150,7 @@ def _browser():
 
 def test_dashboard_in_headless_chromium(results):
     # The committed CPU baseline joins the synthetic runs: real numbers on the page.
-    for real in sorted((REPO_ROOT / "results" / "baselines").glob("*/manifest.json")):
+    for real in sorted((REPO_ROOT / "results" / "baselines").glob("*/summary.json")):
         shutil.copytree(real.parent, results / "baselines" / real.parent.name)
     build_dashboard(results, results / "dashboard", reference=REFERENCE)
     page = results / "dashboard" / "index.html"
@@ -190,7 +190,7 @@ def test_dashboard_in_headless_chromium(results):
         assert by_name[name][1] == f"{group.acceptance_length:.3f}"
         assert by_name[name][2] == f"[{group.ci95[0]:.3f}, {group.ci95[1]:.3f}]"
     assert by_name["math"][5] == "3.340"  # the model card's value
-    assert runs == 4 + len(list((REPO_ROOT / "results" / "baselines").glob("*/manifest.json")))
+    assert runs == 4 + len(list((REPO_ROOT / "results" / "baselines").glob("*/summary.json")))
     assert svgs == 12
     shot = ARTIFACTS / "dashboard.png"
     assert shot.stat().st_size > 20_000
