@@ -194,3 +194,12 @@ def test_dashboard_in_headless_chromium(results):
     assert svgs == 12
     shot = ARTIFACTS / "dashboard.png"
     assert shot.stat().st_size > 20_000
+
+
+def test_baseline_that_cannot_be_compared_is_shown_not_fatal(results):
+    summary = results / "baselines" / "cpu-baseline" / "summary.json"
+    data = summary.read_text().replace('"draft_len": 3', '"draft_len": 4', 1)
+    summary.write_text(data)
+    build_dashboard(results, results / "dashboard", baseline=summary.parent)
+    page = (results / "dashboard" / "index.html").read_text()
+    assert "cannot compare: " in page and "disagree on draft_len" in page
