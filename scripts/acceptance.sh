@@ -6,7 +6,8 @@
 #   BASELINE  run directory, summary.json or reference table (default results/baselines/smollm2-135m-cpu-k3)
 #   RUN_ARGS  flags for `bench run`    (default: the CPU subset that baseline was made with)
 #   RUN_DIR   where the run goes       (default results/runs/ci-<UTC time>)
-#   GATE      optional gate YAML (tolerances, joint acceptance bounds)
+#   GATE      gate YAML: tolerances, joint acceptance bounds (default
+#             configs/gates/smollm2-135m-cpu-ci.yaml; GATE= for none)
 #   PYTHON    interpreter with bench   (default .venv/bin/python, made by scripts/setup.sh)
 # Step timings are printed as "[acceptance] <step>: <seconds> s"; with GITHUB_STEP_SUMMARY
 # set, compare.md and dashboard.md are appended to the job summary.
@@ -14,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 BASELINE=${BASELINE:-results/baselines/smollm2-135m-cpu-k3}
-RUN_ARGS=${RUN_ARGS:---limit 16 --max-tokens 48 --reference configs/references/kimi-k2-thinking-eagle3.yaml}
+RUN_ARGS=${RUN_ARGS:---config configs/smollm2-135m-cpu-ci.yaml --limit 16 --max-tokens 64 --reference configs/references/kimi-k2-thinking-eagle3.yaml}
 RUN_DIR=${RUN_DIR:-results/runs/ci-$(date -u +%Y%m%d-%H%M%S)}
+GATE=${GATE-configs/gates/smollm2-135m-cpu-ci.yaml}
 
 t=$SECONDS
 # shellcheck disable=SC2086  # RUN_ARGS is a list of flags

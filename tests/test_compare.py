@@ -269,3 +269,15 @@ def test_unusable_inputs_exit_2(make_run, tmp_path, capsys):
         assert main(["compare", *args, "--out", str(tmp_path / "o")]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+# --- the committed CPU baseline ----------------------------------------------------------
+
+
+def test_committed_baseline_against_itself(tmp_path):
+    baselines = sorted(p for p in BASELINES.iterdir() if (p / "manifest.json").is_file())
+    assert baselines, "results/baselines/ holds the CI gate's baseline"
+    for run in baselines:
+        code, data, _ = gate(tmp_path, str(run), str(run), out=run.name)
+        assert code == 0, failing(data)
+        assert data["rows"][-1]["beyond_noise"] is False
