@@ -133,10 +133,87 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def add_compare_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="regression gate: compare a candidate run against a baseline (exit 1 on regression)",
+        description="Each side is a run directory, a summary.json or a reference table "
+        "(configs/references/*.yaml). Exit 0: no regression; 1: regression, sanity signal, "
+        "joint acceptance under its bound, or incomparable runs; 2: unusable input.",
+    )
+    p.add_argument("baseline", type=Path, help="run directory, summary.json or reference .yaml")
+    p.add_argument("candidate", type=Path, help="run directory, summary.json or reference .yaml")
+    p.add_argument("--gate", type=Path,
+                   help="YAML: tolerance, categories (per-category tolerance), "
+                   "joint_acceptance_min, allow")  # fmt: skip
+    p.add_argument("--tolerance", type=float,
+                   help="largest allowed relative AL drop (default 0.02 = 2 %%)")  # fmt: skip
+    p.add_argument("--min-joint", type=_float_list, metavar="B1,B2,...",
+                   help="lower bounds of the candidate's joint acceptance at positions 1, 2, ...")  # fmt: skip
+    p.add_argument("--allow", type=_str_list, default=[], action="extend",
+                   help="accept these differences: draft_len, temperature, max_tokens, "
+                   "questions, turn2_history, methodology")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("results/compare"),
+                   help="folder for compare.md and compare.json (default results/compare)")  # fmt: skip
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare, load_gate, load_side, render_terminal, write_outputs
+
+    gate = load_gate(args.gate)
+    update: dict[str, Any] = {"allow": sorted({*gate.allow, *args.allow})}
+    if args.tolerance is not None:
+        if args.tolerance < 0:
+            raise BenchError("--tolerance must not be negative")
+        update["tolerance"] = args.tolerance
+    if args.min_joint is not None:
+        update["joint_acceptance_min"] = args.min_joint
+    gate = gate.model_copy(update=update)
+    result = compare(load_side(args.baseline), load_side(args.candidate), gate)
+    write_outputs(result, args.out / "compare.md", args.out / "compare.json")
+    print(render_terminal(result))
+    print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.json'}")
+    return 0 if result.passed else 1
+
+
+def add_dashboard_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "dashboard", help="static HTML dashboard (and dashboard.md) of every run under a folder"
+    )
+    p.add_argument("results_dir", type=Path, help="folder holding run directories (any depth)")
+    p.add_argument("--out", type=Path, help="output folder (default RESULTS_DIR/dashboard)")
+    p.add_argument("--baseline", type=Path,
+                   help="baseline run directory (default: the latest run under a baselines/ folder)")  # fmt: skip
+    p.add_argument("--reference", type=Path,
+                   help="reference table .yaml (default: the latest run's own reference)")  # fmt: skip
+    p.set_defaults(func=cmd_dashboard)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from bench.dashboard import build_dashboard
+
+    out = args.out or args.results_dir / "dashboard"
+    site = build_dashboard(args.results_dir, out, baseline=args.baseline, reference=args.reference)
+    print(f"{len(site.runs)} runs; wrote {out / 'index.html'} and {out / 'dashboard.md'}")
+    return 0
+
+
 # Subcommands: name -> function adding its parser. New commands add one line here.
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "run": add_run_parser,
     "report": add_report_parser,
+    "compare": add_compare_parser,
+    "dashboard": add_dashboard_parser,
 }
 
 

@@ -1,0 +1,551 @@
+"""`bench compare BASELINE CANDIDATE`: the regression gate.
+
+Each side is a run directory, a `summary.json`, or a published reference table
+(configs/references/*.yaml). The gate compares the card AL (docs/metrics.md) per category
+and overall, says whether each difference is beyond noise, and fails when:
+
+- a category or the overall AL of the candidate drops by more than its relative tolerance;
+- a joint acceptance per draft position of the candidate falls under a lower bound;
+- a sanity signal of severity "error" fired on either side (AL ≈ 1, every decode step at
+  k + 1, a step above k + 1, failed or missing turns);
+- the two sides are not comparable (draft length, temperature, max_tokens, questions,
+  turn-2 history policy, methodology version), unless `--allow` names the difference.
+
+Noise: where both sides carry question-level ALs, the paired differences over the questions
+both ran are bootstrapped (questions resampled, stratified by category for overall; the same
+`bootstrap_ci95` as every interval in the summary). Against a reference table, which has no
+question-level data, the reference value is tested against the candidate's own interval.
+Noise is reported beside each delta; the gate itself is the tolerance, as stated.
+
+`compare` and the renderers return values; `write_outputs` is the one writer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench.config import describe_validation_error
+from bench.dataset import CATEGORIES
+from bench.errors import BenchError
+from bench.metrics import Summary, bootstrap_ci95
+from bench.references import ReferenceTable, load_reference
+from bench.rundir import Manifest, RunDir, write_text_atomic
+
+COMPARE_SCHEMA_VERSION = 1
+DEFAULT_TOLERANCE = 0.02
+
+# Comparability fields: name (as `--allow` takes it) -> what it means.
+COMPARABILITY: dict[str, str] = {
+    "draft_len": "draft length k",
+    "temperature": "sampling temperature",
+    "max_tokens": "max output tokens per turn",
+    "questions": "question ids",
+    "turn2_history": "turn-2 history policy",
+    "methodology": "methodology version",
+}
+
+PAIRED_METHOD = (
+    "paired bootstrap: the per-question AL differences (candidate − baseline) over the "
+    "questions both sides ran, resampled with replacement ({resamples} resamples, seed "
+    "{seed}, stratified by category for overall); beyond noise when the 95 % interval of "
+    "the mean difference excludes 0"
+)
+REFERENCE_METHOD = (
+    "one-sided data: {which} has no question-level ALs (a published table), so a difference "
+    "is beyond noise when the table's value lies outside the other side's 95 % bootstrap "
+    "interval over questions"
+)
+NO_NOISE_METHOD = "neither side has question-level ALs: noise cannot be judged"
+
+
+# --- the gate's settings -----------------------------------------------------------------
+
+
+class GateConfig(BaseModel):
+    """Thresholds of the gate; a YAML file (`--gate`) with these keys, flags override."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tolerance: float = Field(DEFAULT_TOLERANCE, ge=0)
+    """Largest allowed relative drop of an AL, (candidate − baseline) / baseline ≥ −tolerance."""
+    categories: dict[str, float] = Field(default_factory=dict)
+    """Per-category (or "overall") tolerance overriding `tolerance`."""
+    joint_acceptance_min: list[float] = Field(default_factory=list)
+    """Lower bound of the candidate's overall joint acceptance at draft positions j = 1, 2, …"""
+    allow: list[str] = Field(default_factory=list)
+    """Comparability differences accepted (names as `--allow` takes them)."""
+
+    def tolerance_for(self, name: str) -> float:
+        return self.categories.get(name, self.tolerance)
+
+
+def load_gate(path: str | Path | None) -> GateConfig:
+    if path is None:
+        return GateConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"gate file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise BenchError(f"gate file {path} is not valid YAML") from None
+    try:
+        gate = GateConfig.model_validate(data)
+    except ValidationError as err:
+        raise BenchError(describe_validation_error(err, f"gate file {path}")) from None
+    check_names(gate)
+    return gate
+
+
+def check_names(gate: GateConfig) -> None:
+    unknown_cats = sorted(set(gate.categories) - {*CATEGORIES, "overall"})
+    if unknown_cats:
+        raise BenchError(
+            f"unknown categories in the gate's tolerances: {', '.join(unknown_cats)} "
+            f"(known: {', '.join(CATEGORIES)}, overall)"
+        )
+    unknown = sorted(set(gate.allow) - set(COMPARABILITY))
+    if unknown:
+        raise BenchError(f"--allow takes {', '.join(COMPARABILITY)}; got {', '.join(unknown)}")
+
+
+# --- the two sides -----------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One side of a comparison, with what it knows (None = it does not say)."""
+
+    label: str
+    kind: Literal["run", "summary", "reference"]
+    path: str
+    summary: Summary | None = None
+    manifest: Manifest | None = None
+    reference: ReferenceTable | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> float | None:
+        """Card AL of a category, or "overall"."""
+        if self.summary is not None:
+            group = self.summary.overall if name == "overall" else self.summary.categories.get(name)
+            return group.acceptance_length if group is not None else None
+        assert self.reference is not None
+        if name == "overall":
+            return self.reference.overall
+        return self.reference.categories.get(name)
+
+    def ci95(self, name: str) -> tuple[float, float] | None:
+        if self.summary is None:
+            return None
+        group = self.summary.overall if name == "overall" else self.summary.categories.get(name)
+        return group.ci95 if group is not None else None
+
+    def question_als(self) -> dict[int, tuple[str, float]] | None:
+        if self.summary is None:
+            return None
+        return {q.question_id: (q.category, q.acceptance_length) for q in self.summary.questions}
+
+
+def _read_summary(path: Path) -> Summary:
+    try:
+        return Summary.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError) as err:
+        raise BenchError(f"cannot read {path}: {err}") from None
+    except json.JSONDecodeError:
+        raise BenchError(f"{path} is not valid JSON") from None
+    except ValidationError as err:
+        raise BenchError(describe_validation_error(err, f"summary {path}")) from None
+
+
+def _summary_settings(summary: Summary) -> dict[str, Any]:
+    ids = {q.question_id for q in summary.questions}
+    ids |= {t.question_id for t in (*summary.missing, *summary.failed)}
+    return {
+        "draft_len": summary.draft_len,
+        "methodology": summary.methodology_version,
+        "questions": sorted(ids),
+    }
+
+
+def load_side(path: str | Path) -> Side:
+    """A run directory, a summary.json (its run directory's manifest is used when it sits
+    in one), or a reference table YAML."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"{path} does not exist (expected a run directory, a summary.json "
+                         "or a reference table .yaml)")  # fmt: skip
+    if path.is_dir() or (path.name == "summary.json" and (path.parent / "manifest.json").is_file()):
+        run = RunDir.open(path if path.is_dir() else path.parent)
+        if not run.summary_path.is_file():
+            raise BenchError(
+                f"{run.path} has no summary.json; build it with: python -m bench report {run.path}"
+            )
+        manifest = run.read_manifest()
+        summary = _read_summary(run.summary_path)
+        c = manifest.config
+        settings = {
+            "draft_len": c.draft_len,
+            "temperature": c.sampling.temperature,
+            "max_tokens": c.sampling.max_tokens,
+            "questions": sorted(manifest.dataset.question_ids),
+            "turn2_history": c.conversation.turn2_history,
+            "methodology": manifest.methodology_version,
+        }
+        if settings["draft_len"] != summary.draft_len:
+            raise BenchError(f"{run.path}: manifest and summary.json disagree on draft_len")
+        return Side(manifest.run_id, "run", str(run.path), summary, manifest, None, settings)
+    if path.suffix == ".json":
+        summary = _read_summary(path)
+        return Side(str(path), "summary", str(path), summary, settings=_summary_settings(summary))
+    if path.suffix in (".yaml", ".yml"):
+        table = load_reference(path)
+        return Side(table.name, "reference", str(path), reference=table,
+                    settings={"draft_len": table.draft_len})  # fmt: skip
+    raise BenchError(
+        f"{path} is neither a run directory, a .json summary nor a .yaml reference table"
+    )
+
+
+# --- the result --------------------------------------------------------------------------
+
+
+class SideInfo(BaseModel):
+    label: str
+    kind: str
+    path: str
+    settings: dict[str, Any]
+
+
+class Row(BaseModel):
+    """One category (or overall): both values, the delta and the verdict."""
+
+    name: str
+    baseline: float | None
+    candidate: float | None
+    delta: float | None
+    """candidate − baseline."""
+    relative_delta: float | None
+    """(candidate − baseline) / baseline."""
+    delta_ci95: tuple[float, float] | None = None
+    """Paired bootstrap interval of the mean per-question difference (paired method only)."""
+    paired_questions: int | None = None
+    beyond_noise: bool | None
+    """None when noise cannot be judged."""
+    tolerance: float
+    regression: bool
+    note: str = ""
+
+
+class Check(BaseModel):
+    """One reason the gate fails (or a difference `--allow` accepted)."""
+
+    kind: Literal["regression", "joint_acceptance", "sanity", "incomparable"]
+    subject: str
+    message: str
+    allowed: bool = False
+
+
+class Comparison(BaseModel):
+    schema_version: int = COMPARE_SCHEMA_VERSION
+    baseline: SideInfo
+    candidate: SideInfo
+    metric: str = (
+        "card AL: tokens per step, prefill steps included, per-question mean over both turns"
+    )
+    noise_method: str
+    rows: list[Row]
+    joint_acceptance: list[dict[str, Any]]
+    checks: list[Check]
+    notes: list[str]
+    gate: GateConfig
+    passed: bool
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.allowed]
+
+
+# --- the comparison ----------------------------------------------------------------------
+
+
+def _comparability(base: Side, cand: Side, allow: Sequence[str]) -> tuple[list[Check], list[str]]:
+    checks: list[Check] = []
+    notes: list[str] = []
+    for name, meaning in COMPARABILITY.items():
+        b, c = base.settings.get(name), cand.settings.get(name)
+        if b is None or c is None:
+            if base.reference is not None or cand.reference is not None:
+                continue  # said once, in the published table's note
+            lacking = [s.label for s, v in ((base, b), (cand, c)) if v is None]
+            notes.append(f"{meaning} not checked: {' and '.join(lacking)} does not record it")
+            continue
+        if b == c:
+            continue
+        if name == "questions":
+            only_b, only_c = sorted(set(b) - set(c)), sorted(set(c) - set(b))
+            shown = f"only in baseline {_ids(only_b)}; only in candidate {_ids(only_c)}"
+        else:
+            shown = f"baseline {b}, candidate {c}"
+        checks.append(Check(
+            kind="incomparable", subject=name, allowed=name in allow,
+            message=f"{meaning} differs ({shown})"
+            + ("; allowed by --allow" if name in allow else f"; pass --allow {name} to accept"),
+        ))  # fmt: skip
+    return checks, notes
+
+
+def _ids(ids: Sequence[int]) -> str:
+    if not ids:
+        return "none"
+    return ",".join(str(i) for i in ids[:12]) + (f" … ({len(ids)} in all)" if len(ids) > 12 else "")
+
+
+def _sanity(side: Side, role: str) -> list[Check]:
+    if side.summary is None:
+        return []
+    return [
+        Check(kind="sanity", subject=f"{role}:{s.code}", message=f"{role}: {s.message}")
+        for s in side.summary.signals
+        if s.severity == "error"
+    ]
+
+
+def _paired(
+    base: Side, cand: Side, name: str
+) -> tuple[float | None, tuple[float, float] | None, int]:
+    """Mean per-question difference, its bootstrap interval, and how many pairs."""
+    b, c = base.question_als(), cand.question_als()
+    assert b is not None and c is not None
+    shared = sorted(set(b) & set(c))
+    if name != "overall":
+        shared = [q for q in shared if b[q][0] == name]
+    by_category: dict[str, list[float]] = {}
+    for q in shared:
+        by_category.setdefault(b[q][0], []).append(c[q][1] - b[q][1])
+    groups = list(by_category.values())
+    if not groups:
+        return None, None, 0
+    diffs = [d for g in groups for d in g]
+    return sum(diffs) / len(diffs), bootstrap_ci95(groups), len(diffs)
+
+
+def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> Row:
+    b, c = base.value(name), cand.value(name)
+    tolerance = gate.tolerance_for(name)
+    if b is None or c is None:
+        missing = [s.label for s, v in ((base, b), (cand, c)) if v is None]
+        return Row(name=name, baseline=b, candidate=c, delta=None, relative_delta=None,
+                   beyond_noise=None, tolerance=tolerance, regression=False,
+                   note=f"not compared: no value in {' and '.join(missing)}")  # fmt: skip
+    delta = c - b
+    relative = delta / b if b else None
+    row = Row(name=name, baseline=b, candidate=c, delta=delta, relative_delta=relative,
+              beyond_noise=None, tolerance=tolerance,
+              regression=relative is not None and relative < -tolerance)  # fmt: skip
+    if paired:
+        mean_diff, ci, n = _paired(base, cand, name)
+        row.delta_ci95, row.paired_questions = ci, n
+        if ci is not None:
+            row.beyond_noise = not (ci[0] <= 0.0 <= ci[1])
+        if mean_diff is not None and abs(mean_diff - delta) > 1e-9:
+            row.note = (
+                f"paired over {n} shared questions (mean difference {mean_diff:+.3f}); "
+                "the AL columns cover each side's own questions"
+            )
+    else:
+        measured, table = (cand, b) if cand.summary is not None else (base, c)
+        ci = measured.ci95(name)
+        if measured.summary is not None and ci is not None:
+            row.beyond_noise = not (ci[0] <= table <= ci[1])
+    return row
+
+
+def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
+    check_names(gate)
+    checks, notes = _comparability(base, cand, gate.allow)
+    checks += _sanity(base, "baseline") + _sanity(cand, "candidate")
+
+    paired = base.summary is not None and cand.summary is not None
+    if paired:
+        s = base.summary
+        assert s is not None
+        method = PAIRED_METHOD.format(resamples=s.bootstrap.get("resamples", "?"),
+                                      seed=s.bootstrap.get("seed", "?"))  # fmt: skip
+    elif base.summary is None and cand.summary is None:
+        method = NO_NOISE_METHOD
+    else:
+        which = "the baseline" if base.summary is None else "the candidate"
+        method = REFERENCE_METHOD.format(which=which)
+
+    names = [c for c in CATEGORIES if base.value(c) is not None or cand.value(c) is not None]
+    rows = [_row(base, cand, n, gate, paired) for n in [*names, "overall"]]
+    for side in (base, cand):
+        if side.reference is not None:
+            other = cand if side is base else base
+            uncovered = [c for c in side.reference.categories if other.value(c) is None]
+            notes.append(
+                f"{side.label} is a published table: it carries only draft length and "
+                "category values, so temperature, max_tokens, questions, turn-2 history and "
+                "methodology are not checked, sanity signals and per-position rates come "
+                "from the other side alone, and its overall is the mean of its categories"
+                + (f"; the other side has no {', '.join(uncovered)}" if uncovered else "")
+            )
+    for row in rows:
+        if row.regression:
+            checks.append(Check(
+                kind="regression", subject=row.name,
+                message=f"{row.name} AL dropped {row.relative_delta:+.2%} "
+                f"({row.baseline:.3f} → {row.candidate:.3f}), beyond the "
+                f"{row.tolerance:.1%} tolerance",
+            ))  # fmt: skip
+
+    joint: list[dict[str, Any]] = []
+    if gate.joint_acceptance_min:
+        if cand.summary is None or cand.summary.overall is None:
+            notes.append("joint acceptance bounds not checked: the candidate has no step data")
+        else:
+            measured = cand.summary.overall.joint_acceptance
+            for j, bound in enumerate(gate.joint_acceptance_min, start=1):
+                value = measured[j - 1] if j <= len(measured) else None
+                ok = value is not None and value >= bound
+                joint.append({"position": j, "joint_acceptance": value, "min": bound, "ok": ok})
+                if not ok:
+                    shown = "absent" if value is None else f"{value:.3f}"
+                    checks.append(Check(
+                        kind="joint_acceptance", subject=f"j={j}",
+                        message=f"joint acceptance at draft position {j} is {shown}, "
+                        f"under the lower bound {bound:.3f}",
+                    ))  # fmt: skip
+
+    result = Comparison(
+        baseline=SideInfo(label=base.label, kind=base.kind, path=base.path,
+                          settings=base.settings),
+        candidate=SideInfo(label=cand.label, kind=cand.kind, path=cand.path,
+                           settings=cand.settings),
+        noise_method=method, rows=rows, joint_acceptance=joint, checks=checks,
+        notes=notes, gate=gate, passed=True,
+    )  # fmt: skip
+    result.passed = not result.failures
+    return result
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def _f(value: float | None, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _noise(row: Row) -> str:
+    if row.beyond_noise is None:
+        return "?"
+    return "beyond noise" if row.beyond_noise else "within noise"
+
+
+def _cells(row: Row) -> list[str]:
+    ci = "" if row.delta_ci95 is None else f"[{row.delta_ci95[0]:+.3f}, {row.delta_ci95[1]:+.3f}]"
+    verdict = "REGRESSION" if row.regression else ("–" if row.delta is None else "ok")
+    return [
+        row.name, _f(row.baseline), _f(row.candidate), _f(row.delta, "+.3f"),
+        _f(row.relative_delta, "+.2%"), ci or "–", _noise(row), f"-{row.tolerance:.1%}",
+        verdict,
+    ]  # fmt: skip
+
+
+HEADER = ["category", "baseline", "candidate", "Δ", "Δ %", "Δ 95 % CI", "noise", "tolerance",
+          "verdict"]  # fmt: skip
+
+
+def verdict_line(result: Comparison) -> str:
+    if result.passed:
+        return "no regression: every category and overall is within tolerance, no sanity " \
+               "signal fired, and the runs are comparable"  # fmt: skip
+    kinds = sorted({c.kind for c in result.failures})
+    return f"FAILED ({', '.join(kinds)}): {len(result.failures)} problems"
+
+
+def render_terminal(result: Comparison) -> str:
+    rows = [HEADER, *(_cells(r) for r in result.rows)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = [
+        f"baseline:  {result.baseline.label} ({result.baseline.kind}, {result.baseline.path})",
+        f"candidate: {result.candidate.label} ({result.candidate.kind}, {result.candidate.path})",
+        f"metric:    {result.metric}",
+        f"noise:     {result.noise_method}",
+        "",
+    ]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for row in result.rows:
+        if row.note:
+            lines.append(f"  {row.name}: {row.note}")
+    for j in result.joint_acceptance:
+        lines.append(f"joint acceptance j={j['position']}: {_f(j['joint_acceptance'])} "
+                     f"(min {j['min']:.3f}) {'ok' if j['ok'] else 'UNDER BOUND'}")  # fmt: skip
+    for note in result.notes:
+        lines.append(f"note: {note}")
+    for check in result.checks:
+        lines.append(f"{'allowed' if check.allowed else 'FAIL'}: {check.message}")
+    lines.append("")
+    lines.append(verdict_line(result))
+    return "\n".join(lines)
+
+
+def md_escape(text: str) -> str:
+    """Text from a file or a model, safe inside a markdown table cell (and its HTML)."""
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        .replace("|", "\\|").replace("\n", " ")
+    )  # fmt: skip
+
+
+def render_markdown(result: Comparison) -> str:
+    icon = "✅" if result.passed else "❌"
+    out = [
+        f"## {icon} bench compare: {md_escape(verdict_line(result))}\n",
+        f"- baseline: `{md_escape(result.baseline.label)}` ({result.baseline.kind})",
+        f"- candidate: `{md_escape(result.candidate.label)}` ({result.candidate.kind})",
+        f"- metric: {result.metric}",
+        f"- noise: {result.noise_method}\n",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    out += ["| " + " | ".join(md_escape(c) for c in _cells(r)) + " |" for r in result.rows]
+    out.append("")
+    for row in result.rows:
+        if row.note:
+            out.append(f"- {row.name}: {md_escape(row.note)}")
+    if result.joint_acceptance:
+        out.append("\n| draft position | joint acceptance | lower bound | |\n|---|---|---|---|")
+        for j in result.joint_acceptance:
+            out.append(f"| {j['position']} | {_f(j['joint_acceptance'])} | {j['min']:.3f} | "
+                       f"{'ok' if j['ok'] else '❌'} |")  # fmt: skip
+        out.append("")
+    checks = [f"{'allowed' if c.allowed else '**fail**'} ({c.kind}): {c.message}"
+              for c in result.checks]  # fmt: skip
+    for title, items in (("Checks", checks), ("Notes", result.notes)):
+        if items:
+            out += [f"### {title}\n", *(f"- {md_escape(i)}" for i in items), ""]
+    return "\n".join(out)
+
+
+def write_outputs(result: Comparison, markdown: Path | None, json_path: Path | None) -> None:
+    """The one writer of compare's files."""
+    for path, text in ((markdown, render_markdown(result)),
+                       (json_path, result.model_dump_json(indent=2))):  # fmt: skip
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, text)
+        except OSError as err:
+            raise BenchError(f"cannot write {path}: {err.strerror}") from None

@@ -1,0 +1,575 @@
+"""`bench dashboard RESULTS_DIR`: a static site over every run under a folder.
+
+It reads run directories only (manifest.json + summary.json, records.jsonl for answer
+excerpts), orders them by their manifest's start time, and renders:
+
+- `index.html`: the latest run's table against its reference table and a baseline (with the
+  gate's verdict from `bench.compare`), a trend chart per category (card AL with its 95 %
+  interval over runs; baseline and reference as lines), the turn split, histogram and
+  per-position charts, per-question ALs with answer excerpts, and a table of all runs whose
+  rows link to each run's report.md;
+- `dashboard.md`: the same tables for a CI job summary;
+- `runs/<id>/`: a copy of each run's report.md and plots, so the folder stands alone.
+
+The page is one self-contained file: inline CSS and inline SVG charts, no scripts, no fonts,
+no network (a Content-Security-Policy forbids scripts outright). Every string that came from
+a file or a model (run ids, names, paths, generated text) goes through `html.escape`.
+
+`render_site` returns the site as values; `write_site` is the one writer.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.compare import Comparison, GateConfig, compare, load_side, md_escape
+from bench.config import REPO_ROOT
+from bench.dataset import CATEGORIES
+from bench.errors import BenchError
+from bench.metrics import GroupSummary, Summary
+from bench.records import latest_by_turn, read_records
+from bench.references import ReferenceTable, load_reference
+from bench.rundir import Manifest, RunDir, write_text_atomic
+
+EXCERPT_CHARS = 160
+SERIES_COLORS = {"run": "#4C72B0", "baseline": "#55A868", "reference": "#DD8452",
+                 "turn1": "#4C72B0", "turn2": "#8172B3", "joint": "#4C72B0",
+                 "conditional": "#C44E52"}  # fmt: skip
+
+
+# --- collecting runs ---------------------------------------------------------------------
+
+
+@dataclass
+class RunEntry:
+    path: Path
+    manifest: Manifest
+    summary: Summary
+    is_baseline: bool
+    slug: str = ""
+    """Folder name of this run's copy inside the site."""
+    excerpts: dict[int, str] = field(default_factory=dict)
+    """Question id -> start of the turn-1 answer (filled for the latest run)."""
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest.run_id
+
+
+def collect_runs(results_dir: Path, skip: Path | None = None) -> tuple[list[RunEntry], list[str]]:
+    """Every run directory under `results_dir` with a summary, oldest first; and a line for
+    each folder that looks like a run but could not be read."""
+    if not results_dir.is_dir():
+        raise BenchError(f"{results_dir} is not a folder")
+    skip = skip.resolve() if skip is not None else None
+    runs: list[RunEntry] = []
+    problems: list[str] = []
+    for manifest_path in sorted(results_dir.rglob("manifest.json")):
+        folder = manifest_path.parent
+        if skip is not None and folder.resolve().is_relative_to(skip):
+            continue
+        run = RunDir(folder)
+        if not run.summary_path.is_file():
+            problems.append(f"{folder}: no summary.json (python -m bench report {folder})")
+            continue
+        try:
+            manifest = run.read_manifest()
+            summary = Summary.model_validate_json(run.summary_path.read_text("utf-8"))
+        except (BenchError, ValueError) as err:
+            problems.append(f"{folder}: unreadable ({str(err).splitlines()[0]})")
+            continue
+        is_baseline = "baselines" in folder.relative_to(results_dir).parts
+        runs.append(RunEntry(folder, manifest, summary, is_baseline))
+    runs.sort(key=lambda r: (r.manifest.started_at, r.run_id))
+    used: set[str] = set()
+    for entry in runs:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", entry.run_id).strip("._") or "run"
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        entry.slug = slug
+    return runs, problems
+
+
+def _excerpts(entry: RunEntry) -> dict[int, str]:
+    try:
+        records = read_records(entry.path / "records.jsonl")
+    except (BenchError, OSError):
+        return {}
+    latest = latest_by_turn(records)
+    return {
+        qid: " ".join(record.text.split())[:EXCERPT_CHARS]
+        for (qid, turn), record in latest.items()
+        if turn == 1
+    }
+
+
+def _run_reference(entry: RunEntry) -> ReferenceTable | None:
+    """The run's own reference table: its recorded path, else the same file name here."""
+    recorded = entry.manifest.config.reference
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), REPO_ROOT / "configs" / "references" / Path(recorded).name):
+        if candidate.is_file():
+            return load_reference(candidate)
+    return None
+
+
+# --- SVG charts --------------------------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+class Plot:
+    """A small SVG chart: a y axis with ticks, slots along x, and marks added in order."""
+
+    def __init__(self, title: str, slots: list[str], ymin: float, ymax: float,
+                 ylabel: str, width: int = 420, height: int = 240) -> None:  # fmt: skip
+        self.title, self.slots, self.ylabel = title, slots, ylabel
+        self.ymin, self.ymax = ymin, ymax if ymax > ymin else ymin + 1
+        self.width, self.height = width, height
+        self.left, self.right, self.top, self.bottom = 48, 10, 28, 46
+        self.marks: list[str] = []
+        self.legend: list[tuple[str, str, str]] = []
+
+    def x(self, slot: float) -> float:
+        span = self.width - self.left - self.right
+        return self.left + span * (slot + 0.5) / max(len(self.slots), 1)
+
+    def y(self, value: float) -> float:
+        span = self.height - self.top - self.bottom
+        clipped = min(max(value, self.ymin), self.ymax)
+        return self.top + span * (1 - (clipped - self.ymin) / (self.ymax - self.ymin))
+
+    def slot_width(self) -> float:
+        return (self.width - self.left - self.right) / max(len(self.slots), 1)
+
+    def add_legend(self, label: str, color: str, dash: str = "") -> None:
+        self.legend.append((label, color, dash))
+
+    def point(self, slot: float, value: float, ci: tuple[float, float] | None, color: str,
+              tip: str) -> None:  # fmt: skip
+        x, y = self.x(slot), self.y(value)
+        if ci is not None:
+            self.marks.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.y(ci[0]):.1f}" '
+                f'y2="{self.y(ci[1]):.1f}" stroke="{color}" stroke-width="1.5"/>'
+            )
+        self.marks.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"><title>{esc(tip)}'
+            "</title></circle>"
+        )
+
+    def hline(self, value: float, color: str, dash: str, tip: str) -> None:
+        y = self.y(value)
+        self.marks.append(
+            f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="{color}" stroke-width="1.5" stroke-dasharray="{dash}">'
+            f"<title>{esc(tip)}</title></line>"
+        )
+
+    def bar(self, slot: int, part: int, parts: int, value: float, color: str, tip: str) -> None:
+        w = self.slot_width() * 0.8 / parts
+        x0 = self.x(slot) - self.slot_width() * 0.4 + part * w
+        y = self.y(value)
+        self.marks.append(
+            f'<rect x="{x0:.1f}" y="{y:.1f}" width="{w:.1f}" height="{self.y(self.ymin) - y:.1f}" '
+            f'fill="{color}"><title>{esc(tip)}</title></rect>'
+        )
+
+    def line(self, values: list[float | None], color: str, dash: str, tip: str) -> None:
+        points = [f"{self.x(i):.1f},{self.y(v):.1f}" for i, v in enumerate(values) if v is not None]
+        self.marks.append(
+            f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" '
+            f'stroke-width="1.5" stroke-dasharray="{dash}"><title>{esc(tip)}</title></polyline>'
+        )
+        for i, v in enumerate(values):
+            if v is not None:
+                self.point(i, v, None, color, f"{tip}: {v:.3f}")
+
+    def render(self) -> str:
+        h, w = self.height, self.width
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" '
+            f'height="{h}" role="img" aria-label="{esc(self.title)}">',
+            f'<text x="{w / 2:.0f}" y="16" text-anchor="middle" class="ct">{esc(self.title)}</text>',
+        ]
+        for i in range(5):
+            value = self.ymin + (self.ymax - self.ymin) * i / 4
+            y = self.y(value)
+            parts.append(
+                f'<line x1="{self.left}" x2="{w - self.right}" y1="{y:.1f}" y2="{y:.1f}" '
+                f'class="grid"/><text x="{self.left - 4}" y="{y + 3:.1f}" text-anchor="end" '
+                f'class="tick">{value:.2f}</text>'
+            )
+        parts.append(
+            f'<text transform="translate(11,{(self.top + h - self.bottom) / 2:.0f}) rotate(-90)" '
+            f'text-anchor="middle" class="tick">{esc(self.ylabel)}</text>'
+        )
+        every = max(1, len(self.slots) // 8)
+        for i, label in enumerate(self.slots):
+            if i % every == 0 or i == len(self.slots) - 1:
+                parts.append(
+                    f'<text x="{self.x(i):.1f}" y="{h - self.bottom + 14}" text-anchor="middle" '
+                    f'class="tick">{esc(label[:14])}</text>'
+                )
+        parts += self.marks
+        for n, (label, color, dash) in enumerate(self.legend):
+            lx, ly = self.left + 4 + (n % 3) * 125, h - 16 + (n // 3) * 12
+            parts.append(
+                f'<line x1="{lx}" x2="{lx + 16}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" '
+                f'stroke-width="3" stroke-dasharray="{dash}"/><text x="{lx + 20}" y="{ly}" '
+                f'class="tick">{esc(label[:22])}</text>'
+            )
+        parts.append("</svg>")
+        return "".join(parts)
+
+
+def _group(summary: Summary, name: str) -> GroupSummary | None:
+    return summary.overall if name == "overall" else summary.categories.get(name)
+
+
+def trend_chart(name: str, runs: list[RunEntry], baseline: RunEntry | None,
+                reference: ReferenceTable | None) -> str:  # fmt: skip
+    """Card AL of one category over runs (oldest left) with intervals; baseline, reference."""
+    values = []
+    for entry in runs:
+        g = _group(entry.summary, name)
+        values.append((entry, g.acceptance_length if g else None, g.ci95 if g else None))
+    lines: list[tuple[str, float, str, str]] = []
+    if baseline is not None:
+        g = _group(baseline.summary, name)
+        if g is not None and g.acceptance_length is not None:
+            lines.append(("baseline", g.acceptance_length, SERIES_COLORS["baseline"], "6,3"))
+    if reference is not None:
+        ref = reference.overall if name == "overall" else reference.categories.get(name)
+        if ref is not None:
+            lines.append(("reference", ref, SERIES_COLORS["reference"], "2,3"))
+    seen = [v for _, v, _ in values if v is not None] + [v for _, v, _, _ in lines]
+    seen += [c for _, _, ci in values if ci for c in ci]
+    low, high = (min(seen), max(seen)) if seen else (1.0, 2.0)
+    pad = max(0.05, (high - low) * 0.1)
+    plot = Plot(name, [e.run_id for e in runs], max(1.0, low - pad), high + pad, "AL")
+    for label, value, color, dash in lines:
+        plot.hline(value, color, dash, f"{label}: {value:.3f}")
+        plot.add_legend(label, color, dash)
+    for i, (entry, value, ci) in enumerate(values):
+        if value is not None:
+            plot.point(i, value, ci, SERIES_COLORS["run"],
+                       f"{entry.run_id}: {value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))  # fmt: skip
+    plot.add_legend("runs (95 % CI)", SERIES_COLORS["run"])
+    return plot.render()
+
+
+def turn_chart(summary: Summary) -> str:
+    names = [c for c in CATEGORIES if c in summary.categories] + ["overall"]
+    groups = [_group(summary, n) for n in names]
+    values = [g.turns[t].acceptance_length or 1.0 for g in groups if g for t in ("1", "2")]
+    plot = Plot("AL by turn", names, 1.0, max([*values, 1.5]) * 1.05, "AL", width=620)
+    for i, g in enumerate(groups):
+        if g is None:
+            continue
+        for part, turn in enumerate(("1", "2")):
+            value = g.turns[turn].acceptance_length
+            if value is not None:
+                plot.bar(i, part, 2, value, SERIES_COLORS[f"turn{turn}"],
+                         f"{names[i]} turn {turn}: {value:.3f}")  # fmt: skip
+    plot.add_legend("turn 1", SERIES_COLORS["turn1"])
+    plot.add_legend("turn 2", SERIES_COLORS["turn2"])
+    return plot.render()
+
+
+def histogram_chart(summary: Summary, baseline: Summary | None) -> str:
+    assert summary.overall is not None
+    k = summary.draft_len
+    shares = _shares(summary.overall.histogram)
+    plot = Plot("Decode steps by tokens emitted", [f"e={e}" for e in range(1, k + 2)], 0.0,
+                max([*shares, 0.1]) * 1.1, "share of decode steps")  # fmt: skip
+    for i, share in enumerate(shares):
+        plot.bar(i, 0, 1, share, SERIES_COLORS["run"], f"e={i + 1}: {share:.1%}")
+    plot.add_legend("latest run", SERIES_COLORS["run"])
+    if baseline is not None and baseline.overall is not None and baseline.draft_len == k:
+        base = _shares(baseline.overall.histogram)
+        for i, share in enumerate(base):
+            plot.point(
+                i, share, None, SERIES_COLORS["baseline"], f"baseline e={i + 1}: {share:.1%}"
+            )
+        plot.add_legend("baseline", SERIES_COLORS["baseline"])
+    return plot.render()
+
+
+def _shares(hist: list[int]) -> list[float]:
+    total = sum(hist) or 1
+    return [c / total for c in hist]
+
+
+def position_chart(summary: Summary, baseline: Summary | None) -> str:
+    assert summary.overall is not None
+    k = summary.draft_len
+    plot = Plot("Acceptance per draft position", [f"j={j}" for j in range(1, k + 1)], 0.0, 1.0,
+                "acceptance")  # fmt: skip
+    plot.line(summary.overall.joint_acceptance, SERIES_COLORS["joint"], "", "joint")
+    plot.line(summary.overall.conditional_acceptance, SERIES_COLORS["conditional"], "",
+              "conditional")  # fmt: skip
+    plot.add_legend("joint", SERIES_COLORS["joint"])
+    plot.add_legend("conditional", SERIES_COLORS["conditional"])
+    if baseline is not None and baseline.overall is not None and baseline.draft_len == k:
+        plot.line(baseline.overall.joint_acceptance, SERIES_COLORS["baseline"], "6,3",
+                  "baseline joint")  # fmt: skip
+        plot.add_legend("baseline joint", SERIES_COLORS["baseline"], "6,3")
+    return plot.render()
+
+
+# --- the site ----------------------------------------------------------------------------
+
+
+@dataclass
+class Site:
+    index_html: str
+    markdown: str
+    runs: list[RunEntry]
+    latest: RunEntry
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+.bad{color:#b00020;font-weight:600}.good{color:#1b7f3b;font-weight:600}.muted{color:#666}
+.charts{display:flex;flex-wrap:wrap;gap:8px}svg{background:#fff;border:1px solid #e3e3e3}
+.ct{font-size:13px;font-weight:600}.tick{font-size:10px;fill:#444}.grid{stroke:#eee}
+code{font-size:12px;background:#f6f6f6;padding:0 2px;white-space:pre-wrap;word-break:break-word}
+"""
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'"
+
+
+def _f(value: float | None, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str) -> str:
+    """An HTML table; cells are already-escaped HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _delta(row_value: float | None, other: float | None) -> str:
+    if row_value is None or other is None:
+        return "–"
+    delta = row_value - other
+    rel = f" ({delta / other:+.1%})" if other else ""
+    return f"{delta:+.3f}{rel}"
+
+
+def _latest_rows(latest: RunEntry, baseline: RunEntry | None,
+                 reference: ReferenceTable | None) -> list[tuple[str, list[str]]]:  # fmt: skip
+    """Plain-text cells (escape before HTML) per category and overall."""
+    s = latest.summary
+    names = [c for c in CATEGORIES if c in s.categories] + ["overall"]
+    rows = []
+    for name in names:
+        g = _group(s, name)
+        mine = g.acceptance_length if g else None
+        base_g = _group(baseline.summary, name) if baseline else None
+        base = base_g.acceptance_length if base_g else None
+        ref = None
+        if reference is not None:
+            ref = reference.overall if name == "overall" else reference.categories.get(name)
+        rows.append((name, [
+            name, _f(mine), _ci(g.ci95 if g else None), _f(base), _delta(mine, base),
+            _f(ref), _delta(mine, ref),
+            _f(g.turns["1"].acceptance_length if g else None),
+            _f(g.turns["2"].acceptance_length if g else None),
+        ]))  # fmt: skip
+    return rows
+
+
+LATEST_HEADER = ["category", "latest AL", "95 % CI", "baseline", "Δ vs baseline", "reference",
+                 "Δ vs reference", "turn 1", "turn 2"]  # fmt: skip
+RUNS_HEADER = ["date", "run", "kind", "engine", "draft length", "model", "commit", "questions",
+               "overall AL", "valid"]  # fmt: skip
+
+
+def _run_cells(entry: RunEntry) -> list[str]:
+    m = entry.manifest
+    engine = f"{m.engine.name} {m.engine.version}" if m.engine else m.config.engine.kind
+    commit = (m.git.get("commit") or "?")[:10] + (" (dirty)" if m.git.get("dirty") else "")
+    overall = entry.summary.overall
+    return [
+        m.started_at[:16].replace("T", " "), m.run_id, "baseline" if entry.is_baseline else "run", engine,
+        str(m.config.draft_len), m.config.target.name, commit,
+        f"{entry.summary.counted_questions}/{entry.summary.expected_questions}",
+        _f(overall.acceptance_length if overall else None), "yes" if entry.summary.valid else "NO",
+    ]  # fmt: skip
+
+
+def _gate_html(result: Comparison | str | None, against: str) -> str:
+    if result is None:
+        return f'<p class="muted">No {against} to gate against.</p>'
+    if isinstance(result, str):
+        return f'<p class="bad" id="gate-{against}">{esc(result)}</p>'
+    if result.passed:
+        return (f'<p class="good" id="gate-{against}">Gate against the {against}: no regression '
+                f"(tolerance {result.gate.tolerance:.1%}).</p>")  # fmt: skip
+    items = "".join(f"<li>{esc(c.message)}</li>" for c in result.failures)
+    return (f'<p class="bad" id="gate-{against}">Gate against the {against}: '
+            f"{len(result.failures)} problems</p><ul>{items}</ul>")  # fmt: skip
+
+
+def render_site(
+    runs: list[RunEntry],
+    baseline: RunEntry | None,
+    reference: ReferenceTable | None,
+    problems: list[str],
+) -> Site:
+    """index.html and dashboard.md as strings (links point at runs/<slug>/report.md)."""
+    if not runs:
+        raise BenchError("no run directories with a summary.json were found")
+    non_baseline = [r for r in runs if not r.is_baseline]
+    latest = (non_baseline or runs)[-1]
+    latest.excerpts = _excerpts(latest)
+    trend_runs = [r for r in runs if r is not baseline]
+    gate: Comparison | str | None = None
+    if baseline is not None and baseline is not latest:
+        try:
+            gate = compare(load_side(baseline.path), load_side(latest.path), GateConfig())
+        except BenchError as err:  # shown on the page; the other runs still render
+            gate = f"cannot compare: {err}"
+
+    s = latest.summary
+    rows = _latest_rows(latest, baseline, reference)
+    h: list[str] = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>bench dashboard: {esc(latest.run_id)}</title><style>{STYLE}</style></head><body>",
+        "<h1>MT-Bench acceptance dashboard</h1>",
+        f'<p>{len(runs)} runs. Latest: <b id="latest-run">{esc(latest.run_id)}</b> '
+        f"({esc(latest.manifest.config.target.name)}, draft length {s.draft_len}, "
+        f"{esc(latest.manifest.started_at)}). Baseline: "
+        f"<b>{esc(baseline.run_id) if baseline else 'none'}</b>. Reference: "
+        f"<b>{esc(reference.name) if reference else 'none'}</b>.</p>",
+        '<p class="muted">AL = acceptance length, the model cards\' "acceptance rate": tokens '
+        "per step, prefill steps included, mean over questions of both turns pooled; 95 % "
+        "bootstrap interval over questions. Δ = latest − other.</p>",
+    ]
+    if not s.valid or not s.complete:
+        h.append('<p class="bad">Latest run: ' + esc(" ".join(
+            sig.message for sig in s.signals if sig.severity == "error")) + "</p>")  # fmt: skip
+    h.append("<h2>Latest run</h2>")
+    h.append(_table(LATEST_HEADER, [[esc(c) for c in cells] for _, cells in rows], "latest-table"))
+    h.append(_gate_html(gate, "baseline"))
+    h.append("<h2>Trend per category</h2><div class=charts>")
+    h += [trend_chart(n, trend_runs, baseline, reference) for n in [*CATEGORIES, "overall"]
+          if any(_group(r.summary, n) for r in trend_runs)]  # fmt: skip
+    h.append("</div><h2>Turn split, histogram, draft positions (latest run)</h2><div class=charts>")
+    if s.overall is not None:
+        base_summary = baseline.summary if baseline else None
+        h += [turn_chart(s), histogram_chart(s, base_summary), position_chart(s, base_summary)]
+    h.append("</div><h2>All runs</h2>")
+    run_rows = []
+    for entry in reversed(runs):
+        cells = [esc(c) for c in _run_cells(entry)]
+        href = esc(urllib.parse.quote(f"runs/{entry.slug}/report.md"))
+        cells[1] = f'<a href="{href}">{cells[1]}</a>'
+        run_rows.append(cells)
+    h.append(_table(RUNS_HEADER, run_rows, "runs-table"))
+    h.append("<h2>Questions of the latest run</h2>")
+    q_rows = [
+        [esc(q.question_id), esc(q.category), _f(q.acceptance_length),
+         _f(q.turn1_acceptance_length), _f(q.turn2_acceptance_length),
+         esc(" / ".join(q.finish_reasons)),
+         f"<code>{esc(latest.excerpts.get(q.question_id, ''))}</code>"]
+        for q in s.questions
+    ]  # fmt: skip
+    h.append(_table(["question", "category", "AL", "turn 1", "turn 2", "finish",
+                     "turn-1 answer (start)"], q_rows, "questions-table"))  # fmt: skip
+    if problems:
+        h.append("<h2>Skipped folders</h2><ul>")
+        h += [f"<li>{esc(p)}</li>" for p in problems]
+        h.append("</ul>")
+    h.append("</body></html>")
+
+    md = [f"## bench dashboard: latest run `{md_escape(latest.run_id)}`\n",
+          f"Baseline: `{md_escape(baseline.run_id) if baseline else 'none'}`; reference: "
+          f"{md_escape(reference.name) if reference else 'none'}. AL = tokens per step "
+          "(the cards' acceptance rate), 95 % bootstrap interval over questions.\n",
+          "| " + " | ".join(LATEST_HEADER) + " |", "|" + "---|" * len(LATEST_HEADER)]  # fmt: skip
+    md += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for _, cells in rows]
+    if isinstance(gate, str):
+        md.append(f"\n**Gate against the baseline:** {md_escape(gate)}")
+    elif gate is not None:
+        md.append("\n**Gate against the baseline:** " + (
+            "no regression" if gate.passed
+            else "; ".join(md_escape(c.message) for c in gate.failures)))  # fmt: skip
+    md += ["\n### All runs\n", "| " + " | ".join(RUNS_HEADER) + " |",
+           "|" + "---|" * len(RUNS_HEADER)]  # fmt: skip
+    md += ["| " + " | ".join(md_escape(c) for c in _run_cells(e)) + " |" for e in reversed(runs)]
+    md.append("")
+    return Site("".join(h), "\n".join(md), runs, latest)
+
+
+def write_site(site: Site, out: Path) -> None:
+    """The one writer: index.html, dashboard.md, runs/<slug>/{report.md, plots/}."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for entry in site.runs:
+            target = out / "runs" / entry.slug
+            target.mkdir(parents=True, exist_ok=True)
+            report = entry.path / "report.md"
+            if report.is_file():
+                shutil.copyfile(report, target / "report.md")
+            plots = entry.path / "plots"
+            if plots.is_dir():
+                shutil.copytree(plots, target / "plots", dirs_exist_ok=True)
+            (target / "summary.json").write_text(
+                json.dumps(entry.summary.model_dump(mode="json"), indent=1), "utf-8"
+            )
+        write_text_atomic(out / "index.html", site.index_html)
+        write_text_atomic(out / "dashboard.md", site.markdown)
+    except OSError as err:
+        raise BenchError(f"cannot write the dashboard to {out}: {err.strerror}") from None
+
+
+def build_dashboard(
+    results_dir: Path,
+    out: Path,
+    baseline: Path | None = None,
+    reference: Path | None = None,
+) -> Site:
+    runs, problems = collect_runs(results_dir, skip=out)
+    chosen: RunEntry | None = None
+    if baseline is not None:
+        resolved = baseline.resolve()
+        chosen = next((r for r in runs if r.path.resolve() == resolved), None)
+        if chosen is None:
+            extra, extra_problems = collect_runs(baseline)
+            if not extra or extra_problems:
+                raise BenchError(f"--baseline {baseline} is not a run directory with a summary")
+            chosen = extra[0]
+            chosen.is_baseline = True
+    non_baseline = [r for r in runs if not r.is_baseline]
+    latest = (non_baseline or runs)[-1] if runs else None
+    if chosen is None and latest is not None:
+        candidates = [r for r in runs if r.is_baseline and r is not latest
+                      and r.summary.draft_len == latest.summary.draft_len]  # fmt: skip
+        chosen = candidates[-1] if candidates else None
+    table = load_reference(reference) if reference is not None else (
+        _run_reference(latest) if latest is not None else None)  # fmt: skip
+    site = render_site(runs, chosen, table, problems)
+    write_site(site, out)
+    return site
