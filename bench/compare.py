@@ -9,7 +9,7 @@ and overall, says whether each difference is beyond noise, and fails when:
 - a sanity signal of severity "error" fired on either side (AL ≈ 1, every decode step at
   k + 1, a step above k + 1, failed or missing turns);
 - the two sides are not comparable (draft length, temperature, max_tokens, questions,
-  turn-2 history policy, methodology version), unless `--allow` names the difference.
+  turn-2 history policy, methodology version, drafter), unless `--allow` names the difference.
 
 Noise: where both sides carry question-level ALs, the paired differences over the questions
 both ran are bootstrapped (questions resampled, stratified by category for overall; the same
@@ -36,7 +36,7 @@ from bench.dataset import CATEGORIES
 from bench.errors import BenchError
 from bench.metrics import Summary, bootstrap_ci95
 from bench.references import ReferenceTable, load_reference
-from bench.rundir import Manifest, RunDir, write_text_atomic
+from bench.rundir import Manifest, RunDir, drafter_mismatch, write_text_atomic
 
 COMPARE_SCHEMA_VERSION = 1
 DEFAULT_TOLERANCE = 0.02
@@ -49,6 +49,7 @@ COMPARABILITY: dict[str, str] = {
     "questions": "question ids",
     "turn2_history": "turn-2 history policy",
     "methodology": "methodology version",
+    "drafter": "drafter (kind and checkpoint files)",
 }
 
 PAIRED_METHOD = (
@@ -279,6 +280,8 @@ def _comparability(base: Side, cand: Side, allow: Sequence[str]) -> tuple[list[C
     checks: list[Check] = []
     notes: list[str] = []
     for name, meaning in COMPARABILITY.items():
+        if name == "drafter":
+            continue  # from the manifests, below
         b, c = base.settings.get(name), cand.settings.get(name)
         if b is None or c is None:
             if base.reference is not None or cand.reference is not None:
@@ -298,6 +301,17 @@ def _comparability(base: Side, cand: Side, allow: Sequence[str]) -> tuple[list[C
             message=f"{meaning} differs ({shown})"
             + ("; allowed by --allow" if name in allow else f"; pass --allow {name} to accept"),
         ))  # fmt: skip
+    if base.manifest is not None and cand.manifest is not None:
+        mismatch = drafter_mismatch(base.manifest, cand.manifest)
+        if mismatch is not None:
+            allowed = "drafter" in allow
+            checks.append(Check(
+                kind="incomparable", subject="drafter", allowed=allowed,
+                message=f"the runs measured different drafters ({mismatch})"
+                + ("; allowed by --allow" if allowed else "; pass --allow drafter to accept"),
+            ))  # fmt: skip
+    elif base.reference is None and cand.reference is None:
+        notes.append("drafter not checked: a bare summary.json does not record it")
     return checks, notes
 
 

@@ -219,26 +219,17 @@ def drafter_identity(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def check_same_drafter(runs: dict[str, Manifest], allow_mixed: bool = False) -> None:
-    """Refuse to compare runs that measured different drafters, unless `allow_mixed`.
-
-    Same drafter: the same kind, and the same checkpoint files where both runs hashed them
-    (one checkpoint measured on two engines compares), else the same checkpoint name."""
-    if allow_mixed or len(runs) < 2:
-        return
-    (first_name, first), *rest = [(name, drafter_identity(m)) for name, m in runs.items()]
-    for name, other in rest:
-        same = first["kind"] == other["kind"]
-        if first["checkpoint_sha256"] and other["checkpoint_sha256"]:
-            same = same and first["checkpoint_sha256"] == other["checkpoint_sha256"]
-        else:
-            same = same and first["checkpoint"] == other["checkpoint"]
-        if not same:
-            raise BenchError(
-                f"{first_name} and {name} measured different drafters "
-                f"({_describe(first)} vs {_describe(other)}); "
-                "pass --allow-mixed-drafters to compare them anyway"
-            )
+def drafter_mismatch(a: Manifest, b: Manifest) -> str | None:
+    """How the drafters of two runs differ, or None when they measured the same drafter:
+    the same kind, and the same checkpoint files where both runs hashed them (one head
+    measured on two engines compares), else the same checkpoint name."""
+    first, other = drafter_identity(a), drafter_identity(b)
+    same = first["kind"] == other["kind"]
+    if first["checkpoint_sha256"] and other["checkpoint_sha256"]:
+        same = same and first["checkpoint_sha256"] == other["checkpoint_sha256"]
+    else:
+        same = same and first["checkpoint"] == other["checkpoint"]
+    return None if same else f"{_describe(first)} vs {_describe(other)}"
 
 
 def _describe(identity: dict[str, Any]) -> str:

@@ -72,6 +72,7 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         started_at: str = "2026-11-29T10:00:00+00:00",
         run_id: str | None = None,
         target_name: str | None = None,
+        max_ngram: int = 3,
         root: Path | None = None,
     ) -> Path:
         records = list(records if records is not None else records_for())
@@ -79,6 +80,7 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         config = load_config(None, {
             "draft_len": draft_len, "sampling.temperature": temperature,
             "sampling.max_tokens": max_tokens, "conversation.turn2_history": turn2_history,
+            "engine.drafter.max_ngram": max_ngram,
         })  # fmt: skip
         if target_name is not None:
             config = config.model_copy(

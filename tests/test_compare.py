@@ -176,6 +176,7 @@ def test_warnings_do_not_fail_the_gate(make_run, tmp_path):
         ("questions", {"records": records_for(QIDS[:-1])}),
         ("turn2_history", {"turn2_history": "raw"}),
         ("methodology", {"methodology": "0"}),
+        ("drafter", {"max_ngram": 2}),
     ],
 )
 def test_each_incomparability_fails_unless_allowed(make_run, tmp_path, capsys, field, kwargs):
