@@ -127,7 +127,6 @@ def test_draft_model_with_another_tokenizer_fails_before_the_run(models, tmp_pat
 
 
 def test_compare_refuses_to_mix_drafters_unless_told(tmp_path):
-    from bench.errors import BenchError
     from bench.rundir import EngineRecord, Manifest
 
     def manifest(config_path: str, drafter: dict | None) -> Manifest:
