@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.compare import Comparison, GateConfig, compare, load_side, md_escape
-from bench.config import REPO_ROOT
 from bench.dataset import CATEGORIES
 from bench.errors import BenchError
 from bench.metrics import GroupSummary, Summary
 from bench.records import latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
-from bench.rundir import Manifest, RunDir, write_text_atomic
+from bench.rundir import Manifest, RunDir, manifest_reference, write_text_atomic
 
 EXCERPT_CHARS = 160
 SERIES_COLORS = {"run": "#4C72B0", "baseline": "#55A868", "reference": "#DD8452",
@@ -111,14 +110,11 @@ def _excerpts(entry: RunEntry) -> dict[int, str]:
 
 
 def _run_reference(entry: RunEntry) -> ReferenceTable | None:
-    """The run's own reference table: its recorded path, else the same file name here."""
-    recorded = entry.manifest.config.reference
-    if not recorded:
+    """The run's own reference table, or None where it can no longer be found."""
+    try:
+        return manifest_reference(entry.manifest)
+    except BenchError:
         return None
-    for candidate in (Path(recorded), REPO_ROOT / "configs" / "references" / Path(recorded).name):
-        if candidate.is_file():
-            return load_reference(candidate)
-    return None
 
 
 # --- SVG charts --------------------------------------------------------------------------

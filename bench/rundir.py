@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bench import METHODOLOGY_VERSION, __version__
 from bench.config import REPO_ROOT, RunConfig
 from bench.errors import BenchError
+from bench.references import ReferenceTable, load_reference
 
 MANIFEST_SCHEMA_VERSION = 1
 Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
@@ -67,6 +68,9 @@ class Manifest(BaseModel):
     status: Status = "running"
     config: RunConfig
     config_path: str | None = None
+    reference_table: ReferenceTable | None = None
+    """The published table named by `config.reference`, as read when the run started, so
+    the run directory reports against it even after the file moves."""
     command: list[str] = Field(default_factory=list)
     dataset: DatasetInfo
     chat_template: ChatTemplateInfo | None = None
@@ -185,6 +189,20 @@ class RunDir:
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_text_atomic(self.manifest_path, manifest.model_dump_json(indent=2))
+
+
+def manifest_reference(manifest: Manifest) -> ReferenceTable | None:
+    """The run's reference table: the copy in the manifest, else the recorded path, else the
+    file of the same name under this checkout's configs/references/."""
+    if manifest.reference_table is not None:
+        return manifest.reference_table
+    recorded = manifest.config.reference
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), REPO_ROOT / "configs" / "references" / Path(recorded).name):
+        if candidate.is_file():
+            return load_reference(candidate)
+    raise BenchError(f"the run's reference table {recorded} no longer exists")
 
 
 def default_run_id(config: RunConfig) -> str:

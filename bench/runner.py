@@ -43,6 +43,7 @@ from bench.rundir import (
     default_run_id,
     git_state,
     host_info,
+    manifest_reference,
     now_iso,
     package_versions,
     peak_rss_mb,
@@ -224,6 +225,7 @@ def execute(
                 config=config,
                 config_path=config_path,
                 command=list(command),
+                reference_table=reference,
                 dataset=DatasetInfo(
                     source=source.source,
                     sha256=source.sha256,
@@ -303,5 +305,5 @@ def rebuild_report(path: Path) -> Summary:
     manifest = run.read_manifest()
     records = read_records(run.records_path)
     summary = summarize(records, manifest.config.draft_len, manifest.dataset.question_ids)
-    write_results(run, summary, manifest, _load_reference(manifest.config))
+    write_results(run, summary, manifest, manifest_reference(manifest))
     return summary

@@ -174,3 +174,20 @@ def test_bad_input_leaves_nothing_behind(scripted, tmp_path):
     (occupied / "x").write_text("")
     with pytest.raises(BenchError, match="already exists and is not empty"):
         runner.execute(load_config(None), out=occupied)
+
+
+def test_report_rebuilds_against_the_stored_reference_table(scripted, tmp_path):
+    import shutil
+
+    from bench.config import REPO_ROOT
+
+    table = tmp_path / "card.yaml"
+    shutil.copy(REPO_ROOT / "configs/references/kimi-k2-thinking-eagle3.yaml", table)
+    questions = write_questions(tmp_path / "q.jsonl", 1)
+    config = load_config(None, {"dataset.questions": str(questions), "reference": str(table)})
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    table.unlink()  # the run directory must not depend on the file any more
+    runner.rebuild_report(outcome.run.path)
+    report = (outcome.run.path / "report.md").read_text()
+    assert "## Against nvidia/Kimi-K2-Thinking-Eagle3 model card" in report
+    assert "| math |" in report and "3.340" in report
