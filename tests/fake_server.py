@@ -7,6 +7,7 @@ run as a script: `python tests/fake_server.py --port P --draft-len K`).
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import threading
@@ -197,8 +198,12 @@ if __name__ == "__main__":  # a launchable server for the launch tests
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--draft-len", type=int, required=True)
     parser.add_argument("--tokenizer", type=Path)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds per step")
+    parser.add_argument("--pid-file", type=Path, help="write this process's id here")
     args = parser.parse_args()
+    if args.pid_file:
+        args.pid_file.write_text(str(os.getpid()))
     folder = args.tokenizer or make_tokenizer(Path(tempfile.mkdtemp()))
-    print(f"fake server on {args.port}", flush=True)
-    uvicorn.run(scripted_app(folder, args.draft_len), host="127.0.0.1", port=args.port,
-                log_level="warning")  # fmt: skip
+    print(f"fake server on {args.port}, draft length {args.draft_len}", flush=True)
+    app = scripted_app(folder, args.draft_len, delay_s=args.delay)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_server import (  # noqa: F401  (fixtures)
+from fake_server import (
     ScriptedEngine,
     ThreadedServer,
     chat_format,
@@ -110,12 +110,12 @@ def test_vllm_metrics_counters_and_comparison():
 
 
 @pytest.fixture
-def scripted_server(tokenizer_dir):  # noqa: F811
+def scripted_server(tokenizer_dir):
     with ThreadedServer(scripted_app(tokenizer_dir, draft_len=3)) as server:
         yield server
 
 
-def openai_config(write_config, url: str, **engine):  # noqa: F811
+def openai_config(write_config, url: str, **engine):
     return load_config(write_config({"kind": "openai", "base_url": url, **engine}))
 
 
@@ -124,7 +124,7 @@ def test_run_through_server_equals_reference_records(
     write_config,
     tokenizer_dir,
     tmp_path,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ):
     """The done criterion, on the scripted engine: same prompts, same records."""
     served = execute(
@@ -144,7 +144,7 @@ def test_run_through_server_equals_reference_records(
         assert x.engine_counters["engine_metrics_delta"]["iterations"] == len(x.steps)
 
 
-def test_chat_api_sends_messages(scripted_server, write_config, tmp_path):  # noqa: F811
+def test_chat_api_sends_messages(scripted_server, write_config, tmp_path):
     config = openai_config(write_config, scripted_server.url, api="chat")
     outcome = execute(config, out=tmp_path / "chat", quiet=True)
     records = read_records(outcome.run.records_path)
@@ -181,7 +181,7 @@ def test_unknown_request_field_is_rejected(scripted_server):
     assert answer.status_code == 400 and "x" in answer.json()["message"]
 
 
-def test_unreachable_server_is_one_sentence(write_config):  # noqa: F811
+def test_unreachable_server_is_one_sentence(write_config):
     from fake_server import free_port
 
     config = openai_config(write_config, f"http://127.0.0.1:{free_port()}")
@@ -193,7 +193,7 @@ def sampling(max_tokens: int = 10) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, draft_len=3)
 
 
-def test_stream_counts_match_the_engine_step_for_step(scripted_server, write_config, tokenizer_dir):  # noqa: F811
+def test_stream_counts_match_the_engine_step_for_step(scripted_server, write_config, tokenizer_dir):
     chat = chat_format(tokenizer_dir)
     engine = OpenAIEngine(openai_config(write_config, scripted_server.url), chat)
     assert engine.server == "bench" and engine.model == "scripted"
