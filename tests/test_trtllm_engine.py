@@ -92,3 +92,19 @@ def test_without_tensorrt_llm_one_clear_sentence(config, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and run.stderr.strip() == f"error: {INSTALL}"
+
+
+def test_a_mismatch_becomes_a_summary_signal(config, tokenizer_dir):
+    from bench.metrics import summarize
+    from bench.records import TurnRecord
+
+    engine = TrtllmEngine(
+        config, chat_format(tokenizer_dir), llm=StandInLLM([1, 2, 2], iter_offset=1)
+    )
+    g = run(engine)
+    record = TurnRecord(question_id=81, category="writing", turn=1, prompt_tokens=3,
+                        steps=g.steps, prefill_step=True, output_tokens=sum(g.steps),
+                        token_ids=g.token_ids, text=g.text, finish_reason=g.finish_reason,
+                        duration_s=g.duration_s, engine_counters=g.engine_counters)  # fmt: skip
+    signals = {s.code: s for s in summarize([record], draft_len=3).signals}
+    assert "decoding_iter_matches" in signals["engine_counter_mismatch"].message
