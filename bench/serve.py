@@ -217,7 +217,7 @@ def create_app(service: Service) -> Any:
 
     @app.get("/version")
     async def version() -> dict[str, str]:
-        return {"version": f"bench {__version__}"}
+        return {"version": __version__}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -361,6 +361,12 @@ def serve(config_path: str | None, host: str, port: int, draft_len: int | None) 
         raise BenchError(
             "bench serve needs fastapi and uvicorn: pip install 'bench[serve]'"
         ) from None
+    import sys
+
+    if not sys.stderr.isatty():
+        from bench.runner import quiet_libraries
+
+        quiet_libraries()
     service = build_service(config_path, draft_len)
     print(
         f"serving {service.model_name} (reference engine, draft length {service.draft_len}) "

@@ -144,6 +144,14 @@ def test_run_through_server_equals_reference_records(
         assert x.engine_counters["engine_metrics_delta"]["iterations"] == len(x.steps)
 
 
+def test_concurrent_questions_through_the_server(scripted_server, write_config, tmp_path):
+    config = load_config(write_config({"kind": "openai", "base_url": scripted_server.url}),
+                         {"concurrency": 3})  # fmt: skip
+    records = read_records(execute(config, out=tmp_path / "c3", quiet=True).run.records_path)
+    assert len(records) == 8 and all(r.ok for r in records)
+    assert all("engine_metrics_delta" not in r.engine_counters for r in records)  # not attributable
+
+
 def test_chat_api_sends_messages(scripted_server, write_config, tmp_path):
     config = openai_config(write_config, scripted_server.url, api="chat")
     outcome = execute(config, out=tmp_path / "chat", quiet=True)

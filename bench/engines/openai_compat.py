@@ -404,7 +404,8 @@ class OpenAIEngine:
                     if response.status_code in FATAL_STATUS or not self.any_success:
                         raise BenchError(
                             f"the server at {self.base_url} rejected the request ({message}); "
-                            "check engine.base_url, engine.model, engine.api and engine.server"
+                            "check engine.base_url, engine.model, engine.api and engine.server (an older "
+                            "server may not know the token-id field: engine.request_token_ids: false)"
                         )
                     raise TurnFault(message)
                 async for chunk in sse_events(response.aiter_lines()):
