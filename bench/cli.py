@@ -59,8 +59,8 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument(
         "--base-url", help="openai engine: the server's URL (e.g. http://127.0.0.1:8000)"
     )
-    p.add_argument("--api", choices=["completions", "chat"],
-                   help="openai engine: token-id prompts (default) or chat messages")  # fmt: skip
+    p.add_argument("--api", choices=["completions", "chat", "generate"],
+                   help="openai engine: token-id prompts (default), chat messages, or SGLang's /generate")  # fmt: skip
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, help="output tokens per turn")
     p.add_argument("--seed", type=int, help="sampling seed (temperature > 0)")

@@ -162,9 +162,11 @@ class OpenAIEngineConfig(Frozen):
     kind: Literal["openai"] = "openai"
     base_url: str = "http://127.0.0.1:8000"
     """The server's root URL (a trailing `/v1` is accepted)."""
-    api: Literal["completions", "chat"] = "completions"
+    api: Literal["completions", "chat", "generate"] = "completions"
     """`completions` sends the harness-templated prompt as token ids (every engine sees the
-    same input); `chat` sends the messages and lets the server apply its template."""
+    same input); `chat` sends the messages and lets the server apply its template;
+    `generate` is SGLang's native `/generate` with token ids, whose chunks carry the
+    request's `spec_verify_ct` (its verify passes) for the cross-check."""
     server: Literal["auto", "trtllm", "vllm", "sglang", "bench", "generic"] = "auto"
     """Which server it is: decides the extra request fields that ask for token ids and the
     engine counters read. `auto` asks `/v1/models` (`owned_by`)."""

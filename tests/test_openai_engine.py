@@ -211,3 +211,31 @@ def test_stream_counts_match_the_engine_step_for_step(scripted_server, write_con
     assert generation.steps == expected.steps == [1, 2, 4, 1, 2]
     assert generation.token_ids == expected.token_ids and generation.text == expected.text
     assert json.dumps(generation.engine_counters)  # recordable
+
+
+def test_sglang_native_generate_stream_and_spec_verify_ct():
+    state = replay("sglang_generate.sse")
+    assert state.steps == [1, 3, 2, 4] and state.finish_reason == "stop"
+    assert "".join(state.text) == "The sky is blue. The sun is a"
+    assert state.cumulative_ids[-1] == 128009 and len(state.cumulative_ids) == 10
+    counters = state.counters()
+    assert counters["spec_verify_ct"] == 3  # the first token is output without a verify pass
+    assert counters["checks"]["spec_verify_ct_matches"]
+
+
+@pytest.mark.parametrize("api, server, path, expected", [
+    ("completions", "trtllm", "/v1/completions", {"prompt": [1, 2], "detokenize": False}),
+    ("completions", "vllm", "/v1/completions", {"prompt": [1, 2], "return_token_ids": True}),
+    ("generate", "sglang", "/generate", {"input_ids": [1, 2], "sampling_params": {
+        "temperature": 0.0, "max_new_tokens": 5}}),
+])  # fmt: skip
+def test_request_body_per_server(api, server, path, expected):
+    from types import SimpleNamespace
+
+    from bench.config import OpenAIEngineConfig
+
+    fake = SimpleNamespace(config=OpenAIEngineConfig(api=api), model="m", server=server)
+    got_path, body = OpenAIEngine.request_body(fake, [1, 2], SamplingParams(0.0, 5, 3), None)
+    assert got_path == path and expected.items() <= body.items() and body["stream"] is True
+    if api == "completions":  # temperature always sent: trtllm-serve's default is 1.0
+        assert body["temperature"] == 0.0 and body["stream_options"]["continuous_usage_stats"]

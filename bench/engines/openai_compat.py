@@ -15,7 +15,7 @@ The first step is the prefill step. Where several sources are present they are c
 against each other. Engine-side counters are recorded beside the stream's count and
 compared: trtllm-serve's per-choice `avg_decoded_tokens_per_iter` and `/metrics`
 iteration statistics, vLLM's `/metrics` speculative-decoding counters (differences around
-the turn, so only at concurrency 1), SGLang's `spec_verify_ct` when a chunk carries it.
+the turn, so only at concurrency 1), SGLang's per-request `spec_verify_ct` (its native `/generate` stream, `api: generate`).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class StreamState:
     """Chunks whose token ids and usage difference disagree."""
     ttft_s: float | None = None
     done: bool = False
+    cumulative_ids: list[int] | None = None
+    """SGLang `/generate`: the output ids so far, as its last chunk gave them."""
 
     def feed(self, chunk: Any) -> None:
         self.chunks += 1
@@ -90,6 +92,8 @@ class StreamState:
             error = chunk.get("error", chunk)
             message = error.get("message", error) if isinstance(error, dict) else error
             raise RetryableFault(f"the server reported an error mid-stream: {message}")
+        if "meta_info" in chunk and "choices" not in chunk:
+            chunk = self._from_sglang_generate(chunk)
         choices = chunk.get("choices") or []
         usage = chunk.get("usage")
         if not choices:  # the usage-only chunk that closes a stream: not a step
@@ -143,6 +147,23 @@ class StreamState:
             self.spec_verify_ct = meta["spec_verify_ct"]
         if choice.get("finish_reason"):
             self.finish_reason = str(choice["finish_reason"])
+
+    def _from_sglang_generate(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """SGLang's native `/generate` chunk as an OpenAI one. Its `text` and (by default)
+        `output_ids` are cumulative, `meta_info.completion_tokens` too."""
+        meta = chunk["meta_info"] if isinstance(chunk["meta_info"], dict) else {}
+        finish = meta.get("finish_reason")
+        text = chunk.get("text") if isinstance(chunk.get("text"), str) else ""
+        previous = "".join(self.text)
+        if isinstance(chunk.get("output_ids"), list):
+            self.cumulative_ids = [int(t) for t in chunk["output_ids"]]
+        choice = {
+            "index": 0,
+            "text": text[len(previous) :] if text.startswith(previous) else text,
+            "finish_reason": finish.get("type") if isinstance(finish, dict) else finish,
+            "meta_info": meta,
+        }
+        return {"choices": [choice], "usage": {"completion_tokens": meta.get("completion_tokens")}}
 
     def counters(self) -> dict[str, Any]:
         """What the stream and the engine said about this turn, and whether they agree."""
@@ -360,6 +381,12 @@ class OpenAIEngine:
         }
         if sampling.temperature > 0 and sampling.seed is not None:
             body["seed"] = sampling.seed
+        if self.config.api == "generate":  # SGLang's native API
+            sampling_params = {"temperature": sampling.temperature,
+                               "max_new_tokens": sampling.max_tokens}  # fmt: skip
+            body = {"input_ids": prompt_ids, "sampling_params": sampling_params, "stream": True}
+            body.update(self.config.extra_body)
+            return "/generate", body
         if self.config.api == "chat":
             if messages is None:
                 raise BenchError("the chat API needs the conversation's messages")
@@ -471,6 +498,8 @@ class OpenAIEngine:
             )
         counters["cross_check"] = cross_check_verdict(counters["checks"])
         ids = state.token_ids
+        if not ids and state.cumulative_ids is not None:
+            ids = state.cumulative_ids
         if ids and (state.source == "token_ids" or len(ids) == sum(state.steps)):
             text = visible_text(self.chat, ids, finish)
         else:
