@@ -147,3 +147,13 @@ def test_failed_turn_is_recorded_and_resume_picks_it_up(broken, write_config, tm
     assert second.summary.complete
     records = read_records(tmp_path / "run" / "records.jsonl")
     assert [(r.turn, r.ok) for r in records] == [(1, False), (1, True), (2, True)]
+
+
+def test_server_gone_mid_run_fails_the_turn_after_retries(write_config, tokenizer_dir):
+    from fake_server import scripted_app
+
+    with ThreadedServer(scripted_app(tokenizer_dir, draft_len=3)) as server:
+        engine = engine_for(server, write_config, tokenizer_dir)
+        assert generate(engine).steps[0] == 1
+    with pytest.raises(TurnFault, match="(?s)gave up after 3 attempts.*connection failed"):
+        generate(engine)
