@@ -105,8 +105,8 @@ class TrtllmEngineConfig(Frozen):
     """
 
     kind: Literal["trtllm"] = "trtllm"
-    speculative_model_dir: str
-    """EAGLE-3 draft checkpoint (folder or Hugging Face id)."""
+    speculative_model_dir: str | None = None
+    """EAGLE-3 draft checkpoint (folder or Hugging Face id); required to run."""
     eagle3_one_model: bool = True
     """One-model EAGLE-3 (draft inside the target's engine) or two-model."""
     tensor_parallel_size: int = Field(1, ge=1)

@@ -92,6 +92,9 @@ def test_without_tensorrt_llm_one_clear_sentence(config, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and run.stderr.strip() == f"error: {INSTALL}"
+    bare = subprocess.run([sys.executable, "-m", "bench", "run", "--engine", "trtllm"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bare.returncode == 2 and bare.stderr.strip() == f"error: {INSTALL}"
 
 
 def test_a_mismatch_becomes_a_summary_signal(config, tokenizer_dir):

@@ -69,6 +69,8 @@ def llm_kwargs(config: RunConfig, llmapi: Any) -> dict[str, Any]:
     target = config.target
     if target.path is None and target.hf_id is None:
         raise BenchError("the trtllm engine needs target.path or target.hf_id")
+    if engine.speculative_model_dir is None:
+        raise BenchError("the trtllm engine needs engine.speculative_model_dir (the EAGLE-3 head)")
     kwargs: dict[str, Any] = {
         "model": target.path or target.hf_id,
         "trust_remote_code": target.trust_remote_code,
