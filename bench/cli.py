@@ -31,6 +31,9 @@ def _str_list(text: str) -> list[str]:
 
 # CLI flag -> dotted config field it overrides.
 RUN_OVERRIDES: dict[str, str] = {
+    "engine": "engine.kind",  # first: another engine replaces the config's engine section
+    "base_url": "engine.base_url",
+    "api": "engine.api",
     "draft_len": "draft_len",
     "temperature": "sampling.temperature",
     "max_tokens": "sampling.max_tokens",
@@ -51,6 +54,13 @@ def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run MT-Bench through an engine into a run directory")
     p.add_argument("--config", help="YAML config (default: configs/smollm2-135m-cpu.yaml)")
     p.add_argument("--draft-len", type=int, help="draft tokens per step (k)")
+    p.add_argument("--engine", choices=["reference", "openai", "trtllm"],
+                   help="engine kind; another kind than the config's replaces its engine section")  # fmt: skip
+    p.add_argument(
+        "--base-url", help="openai engine: the server's URL (e.g. http://127.0.0.1:8000)"
+    )
+    p.add_argument("--api", choices=["completions", "chat", "generate"],
+                   help="openai engine: token-id prompts (default), chat messages, or SGLang's /generate")  # fmt: skip
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, help="output tokens per turn")
     p.add_argument("--seed", type=int, help="sampling seed (temperature > 0)")
@@ -161,7 +171,7 @@ def add_compare_parser(sub: Any) -> None:
                    help="lower bounds of the candidate's joint acceptance at positions 1, 2, ...")  # fmt: skip
     p.add_argument("--allow", type=_str_list, default=[], action="extend",
                    help="accept these differences: draft_len, temperature, max_tokens, "
-                   "questions, turn2_history, methodology")  # fmt: skip
+                   "questions, turn2_history, methodology, drafter")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("results/compare"),
                    help="folder for compare.md and compare.json (default results/compare)")  # fmt: skip
     p.set_defaults(func=cmd_compare)
@@ -208,12 +218,29 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible server over the reference engine")
+    p.add_argument("--config", help="YAML config with a reference engine (default: embedded CPU)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--draft-len", type=int, help="served draft length (default: the config's)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bench.serve import serve
+
+    serve(args.config, args.host, args.port, args.draft_len)
+    return 0
+
+
 # Subcommands: name -> function adding its parser. New commands add one line here.
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "run": add_run_parser,
     "report": add_report_parser,
     "compare": add_compare_parser,
     "dashboard": add_dashboard_parser,
+    "serve": add_serve_parser,
 }
 
 

@@ -136,22 +136,106 @@ class ReferenceEngineConfig(Frozen):
 
 
 class TrtllmEngineConfig(Frozen):
-    """TensorRT-LLM's LLM API in process (PyTorch backend) with an EAGLE-3 draft head."""
+    """TensorRT-LLM's LLM API in process (PyTorch backend) with an EAGLE-3 draft head.
+
+    The target is `target` (its `path` or `hf_id`); the draft length is the run's
+    `draft_len`. Every field left unset keeps TensorRT-LLM's own default.
+    """
 
     kind: Literal["trtllm"] = "trtllm"
-    speculative_model_dir: str
-    """EAGLE-3 draft checkpoint (folder or Hugging Face id)."""
+    speculative_model_dir: str | None = None
+    """EAGLE-3 draft checkpoint (folder or Hugging Face id); required to run."""
     eagle3_one_model: bool = True
     """One-model EAGLE-3 (draft inside the target's engine) or two-model."""
     tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs the target is split over (tensor parallelism)."""
     moe_expert_parallel_size: int | None = Field(None, ge=1)
+    """GPUs the experts are spread over (mixture-of-experts models)."""
     kv_cache_free_gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    """Share of free GPU memory given to the KV cache."""
     max_batch_size: int | None = Field(None, ge=1)
+    """Requests the engine schedules at once."""
     max_num_tokens: int | None = Field(None, ge=1)
+    """Tokens per engine iteration over all requests."""
     max_seq_len: int | None = Field(None, ge=1)
+    """Prompt plus output tokens of one request."""
+    enable_iter_perf_stats: bool = True
+    """Collect per-iteration statistics (speculative-decoding counters) for the manifest."""
+    llm_args: dict[str, Any] = Field(default_factory=dict)
+    """Further keyword arguments for `tensorrt_llm.LLM`, passed as they are."""
 
 
-EngineConfig = Annotated[ReferenceEngineConfig | TrtllmEngineConfig, Field(discriminator="kind")]
+class LaunchConfig(Frozen):
+    """A server the harness starts as a child process, health-checks, and always stops.
+
+    `command` is the server's argv. These placeholders are replaced in every argument:
+    `{host}`, `{port}` (from the engine's `base_url`), `{draft_len}`, `{draft_len_plus_1}`
+    and `{extra_llm_api_options}` (the path of the YAML written from
+    `extra_llm_api_options`). The draft length must reach the server through one of them.
+    """
+
+    command: list[str] = Field(min_length=1)
+    """The server command, e.g. ["trtllm-serve", "<model>", "--port", "{port}", ...]."""
+    extra_llm_api_options: str | dict[str, Any] | None = None
+    """trtllm-serve's extra-llm-api YAML, as a path or inline; the harness writes a copy
+    with `speculative_config.max_draft_len` set to the run's draft length."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for the server."""
+    health_timeout_s: float = Field(1800.0, gt=0)
+    """How long to wait for `/health` to answer 200 (loading a large model takes long)."""
+    stop_timeout_s: float = Field(30.0, gt=0)
+    """After SIGTERM, how long before the server's process group is killed."""
+    log_file: str | None = None
+    """Where the server's output goes; default: a temporary file named in the errors."""
+
+
+class OpenAIEngineConfig(Frozen):
+    """Any OpenAI-compatible server (trtllm-serve, vLLM, SGLang, `bench serve`), streamed.
+
+    Per-step counts come from the stream: the cumulative `completion_tokens` of each
+    chunk (`stream_options.continuous_usage_stats`), else the chunk's token ids, else its
+    logprobs. Without `launch` the server must already run at `base_url`.
+    """
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = "http://127.0.0.1:8000"
+    """The server's root URL (a trailing `/v1` is accepted)."""
+    api: Literal["completions", "chat", "generate"] = "completions"
+    """`completions` sends the harness-templated prompt as token ids (every engine sees the
+    same input); `chat` sends the messages and lets the server apply its template;
+    `generate` is SGLang's native `/generate` with token ids, whose chunks carry the
+    request's `spec_verify_ct` (its verify passes) for the cross-check."""
+    server: Literal["auto", "trtllm", "vllm", "sglang", "bench", "generic"] = "auto"
+    """Which server it is: decides the extra request fields that ask for token ids and the
+    engine counters read. `auto` asks `/v1/models` (`owned_by`)."""
+    model: str | None = None
+    """Model name sent in requests; default: the first one `/v1/models` lists."""
+    api_key_env: str | None = None
+    """Name of an environment variable holding the API key (never the key itself)."""
+    request_token_ids: bool = True
+    """Ask the server for each chunk's token ids (vLLM/SGLang `return_token_ids`,
+    trtllm-serve `detokenize: false`); the text is then decoded locally."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Further request fields, sent as they are (e.g. `chat_template_kwargs`)."""
+    connect_timeout_s: float = Field(10.0, gt=0)
+    """Seconds to open a connection."""
+    read_timeout_s: float = Field(600.0, gt=0)
+    """Seconds to wait for the next chunk of a stream before the attempt counts as timed out."""
+    max_attempts: int = Field(3, ge=1)
+    """Attempts per turn for faults that can safely be redone (connection, 5xx, 429,
+    timeouts, a cut or malformed stream); the turn is recorded as failed after the last."""
+    backoff_s: float = Field(1.0, ge=0)
+    """Wait before the second attempt; doubled before each further one."""
+    scrape_metrics: bool = True
+    """Read the server's `/metrics` before and after each turn (concurrency 1) to
+    cross-check the stream against the engine's own counters."""
+    launch: LaunchConfig | None = None
+    """Start the server as a child process for the run, instead of connecting to one."""
+
+
+EngineConfig = Annotated[
+    ReferenceEngineConfig | TrtllmEngineConfig | OpenAIEngineConfig, Field(discriminator="kind")
+]
 
 
 class SamplingConfig(Frozen):
@@ -280,7 +364,19 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
             data[section][key] = _resolve_path(data[section][key], base)
     _resolve_drafter_paths(data, base)
-    for dotted, value in (overrides or {}).items():
+    engine = data.get("engine")
+    if isinstance(engine, dict) and isinstance(engine.get("launch"), dict):
+        extra = engine["launch"].get("extra_llm_api_options")
+        if isinstance(extra, str):
+            engine["launch"]["extra_llm_api_options"] = _resolve_path(extra, base)
+    overrides = dict(overrides or {})
+    kind = overrides.pop("engine.kind", None)
+    if kind is not None:
+        engine = data.get("engine")
+        current = engine.get("kind", "reference") if isinstance(engine, dict) else "reference"
+        if kind != current:  # another engine: the file's engine settings do not apply
+            data["engine"] = {"kind": kind}
+    for dotted, value in overrides.items():
         if value is None:
             continue
         if dotted in ("reference", "dataset.questions", "target.path"):

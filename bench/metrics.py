@@ -280,6 +280,16 @@ def sanity_signals(
             "iterations (stream_interval > 1) or the engine's draft length is not "
             f"{draft_len}; the run is invalid",
         ))  # fmt: skip
+    mismatched = [r for r in ok if r.engine_counters.get("cross_check") == "mismatch"]
+    if mismatched:
+        first = mismatched[0]
+        failed_checks = [k for k, v in first.engine_counters.get("checks", {}).items() if not v]
+        signals.append(Signal(
+            code="engine_counter_mismatch", severity="warning",
+            message=f"{len(mismatched)} turns' stream step counts disagree with the engine's "
+            f"own counters (first: question {first.question_id} turn {first.turn}: "
+            f"{', '.join(failed_checks)}); both are in records.jsonl (engine_counters)",
+        ))  # fmt: skip
     bad_prefill = [r for r in ok if r.prefill_step and r.steps and r.steps[0] != 1]
     if bad_prefill:
         signals.append(Signal(

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bench.config import RunConfig
 from bench.conversation import ChatFormat, load_tokenizer, turn_messages
 from bench.dataset import Question, load_questions
-from bench.engines import Engine, SamplingParams, create_engine
+from bench.engines import Engine, SamplingParams, create_engine, preflight_engine
 from bench.errors import BenchError
 from bench.metrics import Summary, summarize
 from bench.records import (
@@ -116,8 +116,9 @@ async def run_turn(
     messages = turn_messages(question, turn, config.conversation, turn1_text)
     prompt_ids = chat.prompt_ids(messages)
     base = {"question_id": question.question_id, "category": question.category, "turn": turn}
+    extra = {"messages": messages} if getattr(engine, "takes_messages", False) else {}
     try:
-        generation = await engine.generate(prompt_ids, sampling_params(config))
+        generation = await engine.generate(prompt_ids, sampling_params(config), **extra)
     except (BenchError, KeyboardInterrupt, asyncio.CancelledError):
         raise
     except Exception as err:  # an engine fault on this turn: recorded, not fatal
@@ -199,6 +200,7 @@ def execute(
         run = RunDir(out or Path("results") / "runs" / default_run_id(config))
         check_output_folder(run.path)
 
+    preflight_engine(config)
     source, questions = load_questions(config.dataset)
     if resume is not None and [q.question_id for q in questions] != manifest.dataset.question_ids:
         raise BenchError(

@@ -38,6 +38,9 @@ class EngineInfo:
 
 
 class Engine(Protocol):
+    """An engine. One that sets `takes_messages = True` also gets the turn's chat messages
+    as `messages=` (for servers that apply their own chat template)."""
+
     info: EngineInfo
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
@@ -47,13 +50,32 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-# kind -> "module:factory"; the factory is called as factory(config, chat_format).
+def visible_text(chat: ChatFormat, token_ids: list[int], finish_reason: str) -> str:
+    """The turn's text from its token ids, as the reference engine writes it: a stop token
+    that ended the turn (a special token, last, with finish reason `stop`) is left out."""
+    visible = token_ids
+    if finish_reason == "stop" and token_ids:
+        special = set(getattr(chat.tokenizer, "all_special_ids", None) or [])
+        if token_ids[-1] in special | chat.stop_token_ids:
+            visible = token_ids[:-1]
+    return chat.decode(visible)
+
+
+def cross_check_verdict(checks: dict[str, bool]) -> str:
+    """`none` (the engine reported nothing to compare), `ok`, or `mismatch`."""
+    return "none" if not checks else "ok" if all(checks.values()) else "mismatch"
+
+
+# kind -> "module:factory"; the factory is called as factory(config, chat_format). A module
+# may also define `preflight(config)`: cheap checks run before the tokenizer or model load.
 ENGINES: dict[str, str] = {
     "reference": "bench.engines.reference:ReferenceEngine",
+    "openai": "bench.engines.openai_compat:OpenAIEngine",
+    "trtllm": "bench.engines.trtllm:TrtllmEngine",
 }
 
 
-def create_engine(config: RunConfig, chat_format: ChatFormat) -> Engine:
+def _engine_module(config: RunConfig) -> tuple[Any, str]:
     kind = config.engine.kind
     if kind not in ENGINES:
         raise BenchError(
@@ -61,5 +83,17 @@ def create_engine(config: RunConfig, chat_format: ChatFormat) -> Engine:
             f"(available: {', '.join(sorted(ENGINES))})"
         )
     module_name, _, attr = ENGINES[kind].partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(config, chat_format)
+    return importlib.import_module(module_name), attr
+
+
+def preflight_engine(config: RunConfig) -> None:
+    """Fail early, with one sentence, when the engine cannot run here (e.g. not installed)."""
+    module, _ = _engine_module(config)
+    check = getattr(module, "preflight", None)
+    if check is not None:
+        check(config)
+
+
+def create_engine(config: RunConfig, chat_format: ChatFormat) -> Engine:
+    module, attr = _engine_module(config)
+    return getattr(module, attr)(config, chat_format)

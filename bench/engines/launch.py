@@ -1,0 +1,218 @@
+"""Servers the harness starts itself (`launch:` in a config): trtllm-serve, vLLM, SGLang.
+
+The harness writes trtllm-serve's extra-llm-api YAML with the run's draft length, fills the
+placeholders of the command, starts it in its own process group, waits for `/health`
+(with a readable tail of the server's log when it never gets ready), and always stops it:
+after the run, on an error, on Ctrl-C, on SIGTERM, and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from bench.config import LaunchConfig
+from bench.errors import BenchError
+
+_DRAFT_PLACEHOLDERS = ("{draft_len}", "{draft_len_plus_1}")
+
+INSTALL_HINTS = {
+    "trtllm-serve": "install TensorRT-LLM on the GPU machine (pip install tensorrt-llm, or "
+    "NVIDIA's TensorRT-LLM container; see the README's 'GPU runs')",
+    "vllm": "install vLLM on the GPU machine (pip install vllm)",
+}
+
+
+def host_port(base_url: str) -> tuple[str, int]:
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        raise BenchError(f"engine.base_url {base_url!r} has no host")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def extra_llm_api_options(launch: LaunchConfig, draft_len: int) -> dict[str, Any] | None:
+    """trtllm-serve's extra options with `speculative_config.max_draft_len` = draft_len."""
+    source = launch.extra_llm_api_options
+    if source is None:
+        return None
+    if isinstance(source, str):
+        path = Path(source)
+        if not path.is_file():
+            raise BenchError(f"launch.extra_llm_api_options: {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            raise BenchError(f"launch.extra_llm_api_options: {path} is not valid YAML") from None
+    else:
+        data = copy.deepcopy(source)
+    if not isinstance(data, dict):
+        raise BenchError("launch.extra_llm_api_options must hold a mapping of LLM API options")
+    spec = data.get("speculative_config")
+    if isinstance(spec, dict):
+        spec["max_draft_len"] = draft_len
+    return data
+
+
+def build_command(
+    launch: LaunchConfig, base_url: str, draft_len: int, options_path: Path | None
+) -> list[str]:
+    """The argv with its placeholders filled; fails if the draft length cannot reach it."""
+    host, port = host_port(base_url)
+    values = {
+        "{host}": host,
+        "{port}": str(port),
+        "{draft_len}": str(draft_len),
+        "{draft_len_plus_1}": str(draft_len + 1),
+    }
+    if options_path is not None:
+        values["{extra_llm_api_options}"] = str(options_path)
+    joined = " ".join(launch.command)
+    spec = (extra_llm_api_options(launch, draft_len) or {}).get("speculative_config")
+    reaches = any(p in joined for p in _DRAFT_PLACEHOLDERS) or (
+        isinstance(spec, dict) and "{extra_llm_api_options}" in joined
+    )
+    if not reaches:
+        raise BenchError(
+            "launch.command never receives the draft length: use {draft_len} (or "
+            "{draft_len_plus_1}) in it, or pass {extra_llm_api_options} with a "
+            "speculative_config, so that --draft-len reaches the server"
+        )
+    argv = []
+    for arg in launch.command:
+        for key, value in values.items():
+            arg = arg.replace(key, value)
+        if "{extra_llm_api_options}" in arg:
+            raise BenchError("launch.command uses {extra_llm_api_options} but none is given")
+        argv.append(arg)
+    return argv
+
+
+def check_installed(executable: str) -> None:
+    if shutil.which(executable) is None:
+        hint = INSTALL_HINTS.get(Path(executable).name, "install it or fix launch.command")
+        raise BenchError(f"the server command {executable!r} is not installed here: {hint}")
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = text.strip().splitlines()[-lines:]
+    return "\n".join("    " + line for line in tail) or "    (the server printed nothing)"
+
+
+class LaunchedServer:
+    """One child server process; `stop()` is safe to call any number of times."""
+
+    def __init__(self, launch: LaunchConfig, base_url: str, draft_len: int) -> None:
+        self.launch = launch
+        self.base_url = base_url.rstrip("/")
+        self.workdir = Path(tempfile.mkdtemp(prefix="bench-launch-"))
+        self.options = extra_llm_api_options(launch, draft_len)
+        self.options_path: Path | None = None
+        if self.options is not None:
+            self.options_path = self.workdir / "extra-llm-api-config.yml"
+            self.options_path.write_text(yaml.safe_dump(self.options, sort_keys=False))
+        self.argv = build_command(launch, base_url, draft_len, self.options_path)
+        self.log_path = Path(launch.log_file) if launch.log_file else self.workdir / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._previous_sigterm: Any = None
+
+    def start(self) -> None:
+        check_installed(self.argv[0])
+        import httpx2
+
+        try:
+            httpx2.get(f"{self.base_url}/health", timeout=2.0)
+        except httpx2.HTTPError:
+            pass
+        else:
+            raise BenchError(
+                f"a server already answers at {self.base_url}; stop it or choose another "
+                "port in engine.base_url, so the run measures the server it launched"
+            )
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.launch.env},
+                start_new_session=True,  # its own process group: stopped as a whole
+            )
+        finally:
+            log.close()
+        atexit.register(self.stop)
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM to the harness unwinds through the `finally` that stops the server.
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def wait_healthy(self) -> None:
+        """Poll `/health` until it answers 200; fail with the log's tail otherwise."""
+        import httpx2
+
+        deadline = time.monotonic() + self.launch.health_timeout_s
+        assert self.process is not None
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise BenchError(
+                    f"the launched server exited with code {code} before it was ready; "
+                    f"its log ({self.log_path}) ends with:\n{log_tail(self.log_path)}"
+                )
+            try:
+                if httpx2.get(f"{self.base_url}/health", timeout=5.0).status_code == 200:
+                    return
+            except httpx2.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the launched server did not answer {self.base_url}/health within "
+                    f"{self.launch.health_timeout_s:.0f} s (launch.health_timeout_s); its log "
+                    f"({self.log_path}) ends with:\n{log_tail(self.log_path)}"
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if self._previous_sigterm is not None:
+            try:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            except ValueError:  # not the main thread any more (interpreter exit)
+                pass
+            self._previous_sigterm = None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=self.launch.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "command": self.argv,
+            "extra_llm_api_options": self.options,
+            "log": str(self.log_path),
+        }
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,376 @@
+"""`bench serve`: an OpenAI-compatible HTTP server over the reference engine.
+
+It behaves like trtllm-serve where the harness looks: one streamed chunk per decoding
+iteration (the prefill token first, then 1 + accepted drafts per chunk), cumulative
+`usage.completion_tokens` in every chunk with `stream_options.continuous_usage_stats`,
+`avg_decoded_tokens_per_iter` on every choice, `/health`, `/version`, `/v1/models`, and
+`/metrics` as a JSON list of iteration statistics that is emptied on read. Request bodies
+reject unknown fields and an omitted `temperature` means 1.0, as on trtllm-serve. Token ids
+come back per chunk with `return_token_ids: true` (vLLM's spelling) or, trtllm-serve's,
+`detokenize: false` (then the text is empty).
+
+It serves one request at a time (batching is not implemented): a small model with real
+speculative decoding on a laptop, and the real server the `openai` engine is tested
+against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench import __version__
+from bench.engines import SamplingParams
+from bench.errors import BenchError
+from bench.records import Generation
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class _Common(_Request):
+    """Fields both endpoints take; an omitted temperature is 1.0, as on trtllm-serve."""
+
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    user: str | None = None
+    skip_special_tokens: bool = True
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[int]
+    max_tokens: int = Field(16, ge=1)
+    detokenize: bool = True
+    """trtllm-serve: false sends token ids and no text."""
+    return_token_ids: bool = False
+    """vLLM / SGLang: true sends the chunk's token ids beside its text."""
+    add_special_tokens: bool = True
+    """For a text prompt: let the tokenizer add its special tokens (e.g. BOS)."""
+
+
+class ChatRequest(_Common):
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class _Cancelled(Exception):
+    """The client went away; the decoder stops at its next step."""
+
+
+@dataclass
+class Service:
+    """The reference engine behind a lock, with trtllm-serve's iteration statistics."""
+
+    engine: Any
+    """Has `generate_sync(prompt_ids, sampling, on_step) -> Generation`."""
+    chat: Any
+    """The target's `ChatFormat` (tokenizer and template)."""
+    model_name: str
+    draft_len: int
+    stop_token_ids: set[int]
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _iteration: int = 0
+
+    def record_iterations(self, generation: Generation) -> None:
+        """One `/metrics` entry per decoding iteration of a finished request."""
+        drafted = generation.drafted or [0] * len(generation.steps)
+        for i, (emitted, proposed) in enumerate(zip(generation.steps, drafted)):
+            self._iteration += 1
+            self.iterations.append({
+                "iter": self._iteration,
+                "numActiveRequests": 1,
+                "specDecodingStats": {
+                    "numDraftTokens": proposed,
+                    "numAcceptedTokens": emitted - 1 if i > 0 else 0,
+                    "numRequestsWithDraftTokens": int(proposed > 0),
+                    "acceptanceLength": float(emitted),
+                },
+            })  # fmt: skip
+
+    def take_iterations(self) -> list[dict[str, Any]]:
+        taken, self.iterations = self.iterations, []
+        return taken
+
+    async def steps(
+        self, prompt_ids: list[int], sampling: SamplingParams
+    ) -> AsyncIterator[list[int] | Generation]:
+        """The tokens of each decoding iteration as it happens, then the Generation."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def on_step(tokens: list[int]) -> None:
+            if cancelled.is_set():
+                raise _Cancelled
+            loop.call_soon_threadsafe(queue.put_nowait, list(tokens))
+
+        def work() -> None:
+            try:
+                result: Any = self.engine.generate_sync(prompt_ids, sampling, on_step)
+            except BaseException as err:  # handed to the request's coroutine
+                result = err
+            loop.call_soon_threadsafe(queue.put_nowait, result)
+
+        async with self._lock:  # one request at a time: the reference engine is not batched
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, Generation):
+                        self.record_iterations(item)
+                        yield item
+                        return
+                    yield item
+            finally:
+                cancelled.set()
+                await asyncio.to_thread(worker.join)
+
+
+@dataclass
+class _Turn:
+    """Running state of one response: what has been emitted so far."""
+
+    service: Service
+    prompt_tokens: int
+    max_tokens: int
+    skip_special_tokens: bool
+    token_ids: list[int] = field(default_factory=list)
+    steps: int = 0
+    text: str = ""
+
+    def advance(self, tokens: list[int]) -> tuple[str, str | None]:
+        """(text delta, finish reason or None) after one step's tokens."""
+        self.token_ids.extend(tokens)
+        self.steps += 1
+        stopped = self.token_ids[-1] in self.service.stop_token_ids
+        finish = "stop" if stopped else "length" if len(self.token_ids) >= self.max_tokens else None
+        visible = self.token_ids[:-1] if stopped else self.token_ids
+        full = self.service.chat.tokenizer.decode(
+            visible, skip_special_tokens=self.skip_special_tokens
+        )
+        if full.endswith("\ufffd") and finish is None:
+            return "", None  # half a UTF-8 character: wait for the rest
+        delta, self.text = full[len(self.text) :], full
+        return delta, finish
+
+    def usage(self) -> dict[str, int]:
+        n = len(self.token_ids)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
+                "total_tokens": self.prompt_tokens + n}  # fmt: skip
+
+    def avg_decoded_tokens_per_iter(self) -> float:
+        return len(self.token_ids) / self.steps if self.steps else 0.0
+
+
+def _sse(data: dict[str, Any]) -> str:
+    import json
+
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def create_app(service: Service) -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+    app = FastAPI(title="bench serve", version=__version__)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse(
+            {"object": "error", "message": message, "type": "BadRequestError", "code": status},
+            status_code=status,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(400, f"{where}: {first.get('msg')}")
+
+    @app.get("/health")
+    async def health() -> PlainTextResponse:
+        return PlainTextResponse("")
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": service.model_name, "object": "model", "created": 0, "owned_by": "bench",
+        }]}  # fmt: skip
+
+    @app.get("/metrics")
+    async def metrics() -> list[dict[str, Any]]:
+        return service.take_iterations()
+
+    def sampling(temperature: float, max_tokens: int, seed: int | None) -> SamplingParams:
+        return SamplingParams(temperature, max_tokens, service.draft_len, seed)
+
+    async def respond(
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stream: bool,
+        options: StreamOptions | None,
+        make_choice: Callable[[_Turn, str, list[int], str | None], dict[str, Any]],
+        header: dict[str, Any],
+        first_chunks: list[dict[str, Any]],
+        skip_special_tokens: bool,
+    ) -> Any:
+        turn = _Turn(service, len(prompt_ids), params.max_tokens, skip_special_tokens)
+        usage_each = bool(options and options.include_usage and options.continuous_usage_stats)
+        usage_end = bool(options and options.include_usage)
+
+        async def events() -> AsyncIterator[str]:
+            for choice in first_chunks:
+                usage = {**turn.usage(), "completion_tokens": 0} if usage_each else None
+                yield _sse({**header, "choices": [choice], "usage": usage})
+            async with aclosing(service.steps(prompt_ids, params)) as items:
+                async for item in items:
+                    if isinstance(item, Generation):
+                        continue  # the iteration statistics are recorded; [DONE] follows
+                    delta, finish = turn.advance(item)
+                    choice = make_choice(turn, delta, item, finish)
+                    yield _sse({**header, "choices": [choice],
+                                "usage": turn.usage() if usage_each else None})  # fmt: skip
+            if usage_end:
+                yield _sse({**header, "choices": [], "usage": turn.usage()})
+            yield "data: [DONE]\n\n"
+
+        if stream:
+            return StreamingResponse(events(), media_type="text/event-stream")
+        finish = None
+        async with aclosing(service.steps(prompt_ids, params)) as items:
+            async for item in items:
+                if not isinstance(item, Generation):
+                    _, finish = turn.advance(item)
+        choice = make_choice(turn, turn.text, turn.token_ids, finish)
+        return {**header, "choices": [choice], "usage": turn.usage()}
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: CompletionRequest) -> Any:
+        if isinstance(request.prompt, str):
+            prompt_ids = service.chat.tokenizer(
+                request.prompt, add_special_tokens=request.add_special_tokens
+            )["input_ids"]
+        else:
+            prompt_ids = list(request.prompt)
+        if not prompt_ids:
+            return error(400, "prompt is empty")
+        with_ids = request.return_token_ids or not request.detokenize
+
+        def choice(turn: _Turn, delta: str, ids: list[int], finish: str | None) -> dict:
+            return {
+                "index": 0,
+                "text": delta if request.detokenize else "",
+                "token_ids": list(ids) if with_ids else None,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+                "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter(),
+            }
+
+        header = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                  "created": int(time.time()), "model": service.model_name}  # fmt: skip
+        params = sampling(request.temperature, request.max_tokens, request.seed)
+        return await respond(prompt_ids, params, request.stream, request.stream_options,
+                             choice, header, [], request.skip_special_tokens)  # fmt: skip
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: ChatRequest) -> Any:
+        kwargs = dict(service.chat.config.chat_template_kwargs)
+        kwargs.update(request.chat_template_kwargs or {})
+        try:
+            text = service.chat.tokenizer.apply_chat_template(
+                request.messages, tokenize=False, add_generation_prompt=True, **kwargs
+            )
+        except Exception as err:  # the model's own jinja template
+            return error(400, f"the chat template failed: {err}")
+        prompt_ids = service.chat.tokenizer(text, add_special_tokens=False)["input_ids"]
+        max_tokens = request.max_completion_tokens or request.max_tokens or 16
+
+        def choice(turn: _Turn, delta: str, ids: list[int], finish: str | None) -> dict:
+            return {"index": 0, "delta": {"content": delta}, "logprobs": None,
+                    "finish_reason": finish,
+                    "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter()}  # fmt: skip
+
+        header = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                  "created": int(time.time()), "model": service.model_name}  # fmt: skip
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        params = sampling(request.temperature, max_tokens, request.seed)
+        response = await respond(prompt_ids, params, request.stream, request.stream_options,
+                                 choice, header, [role], request.skip_special_tokens)  # fmt: skip
+        if isinstance(response, dict):  # not streamed: a message, not a delta
+            only = response["choices"][0]
+            response["object"] = "chat.completion"
+            response["choices"] = [{"index": 0, "finish_reason": only["finish_reason"],
+                                    "message": {"role": "assistant",
+                                                "content": only["delta"]["content"]}}]  # fmt: skip
+        return response
+
+    return app
+
+
+def build_service(config_path: str | None, draft_len: int | None) -> Service:
+    """The reference engine of a config, ready to serve."""
+    from bench.config import load_config
+    from bench.conversation import ChatFormat, load_tokenizer
+    from bench.engines.reference import ReferenceEngine
+
+    config = load_config(config_path, {"draft_len": draft_len})
+    if config.engine.kind != "reference":
+        raise BenchError(
+            f"bench serve runs the reference engine; {config_path} configures "
+            f"engine.kind {config.engine.kind!r}"
+        )
+    chat = ChatFormat(load_tokenizer(config.target), config.conversation)
+    engine = ReferenceEngine(config, chat)
+    return Service(engine, chat, config.target.name, config.draft_len,
+                   set(engine.decoder.stop_token_ids))  # fmt: skip
+
+
+def serve(config_path: str | None, host: str, port: int, draft_len: int | None) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise BenchError(
+            "bench serve needs fastapi and uvicorn: pip install 'bench[serve]'"
+        ) from None
+    import sys
+
+    if not sys.stderr.isatty():
+        from bench.runner import quiet_libraries
+
+        quiet_libraries()
+    service = build_service(config_path, draft_len)
+    print(
+        f"serving {service.model_name} (reference engine, draft length {service.draft_len}) "
+        f"at http://{host}:{port}/v1",
+        flush=True,
+    )
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
