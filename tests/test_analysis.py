@@ -138,6 +138,12 @@ def test_lowest_questions_sorted_with_snippets(tmp_path):
     assert low.loc[0, "acceptance_length"] == pytest.approx(1.0)
     assert len(low.loc[0, "answer"]) == 20 and low.loc[0, "answer"].endswith("…")
     assert low.loc[0, "question"] is None  # question texts not loaded
+    # Turn 1: AL 2.2, 1.0, 3.0 at lengths 11, 3, 9 -> ranks (2,1,3) vs (3,1,2): rho = 0.5.
+    # Turn 2: AL 2.75, 1.0, 2.5 at lengths 11, 2, 5 -> same ranks: rho = 1.
+    rho = analysis.length_correlation(analysis.turns_frame([run])).set_index("turn")
+    assert list(rho["turns"]) == [3, 3]
+    assert list(rho["spearman_al_vs_length"]) == pytest.approx([0.5, 1.0])
+    assert analysis.length_correlation(analysis.turns_frame([run])[:0]).empty
 
 
 def test_compare_runs_pairs_shared_questions(tmp_path):

@@ -20,6 +20,7 @@ from bench.analysis.frames import (
     default_run_dirs,
     find_runs,
     histogram_frame,
+    length_correlation,
     load_run,
     load_runs,
     lowest_questions,
@@ -42,7 +43,7 @@ from bench.analysis.plots import (
 
 __all__ = [
     "ALL", "OVERALL", "RUN_DIRS_ENV", "Run", "card_table", "categories_frame", "compare_runs",
-    "default_run_dirs", "find_runs", "histogram_frame", "load_run", "load_runs",
+    "default_run_dirs", "find_runs", "histogram_frame", "length_correlation", "load_run", "load_runs",
     "lowest_questions", "position_buckets_frame", "positions_frame", "questions_frame",
     "runs_frame", "steps_frame", "turns_frame", "plot_categories", "plot_differences",
     "plot_histograms", "plot_length", "plot_position_buckets", "plot_positions", "plot_turns",

@@ -83,12 +83,18 @@ class Run:
     def counted_ids(self) -> set[int]:
         return {q.question_id for q in self.summary.questions}
 
-    def reference(self) -> ReferenceTable | None:
-        """The published table the run was configured against, if its file is here.
+    def reference(self, path: str | Path | None = None) -> ReferenceTable | None:
+        """A published table to set beside the run: `path` when given (as is, else relative
+        to the repository root, so a notebook in notebooks/ can say
+        "configs/references/x.yaml"), otherwise the one the run was configured against.
 
         The config stores an absolute path; a run made on another machine is looked up by
-        file name under this checkout's configs/references/ instead.
+        file name under this checkout's configs/references/ instead. None when the run has
+        no reference or its file is not here.
         """
+        if path is not None:
+            given = Path(path).expanduser()
+            return load_reference(given if given.is_file() else REPO_ROOT / given)
         if not self.manifest.config.reference:
             return None
         stored = Path(self.manifest.config.reference)
@@ -335,6 +341,25 @@ def position_buckets_frame(runs: Sequence[Run], bucket_tokens: int = 32) -> pd.D
         rows,
         columns=["run", "category", "start_tokens", "decode_steps", "decode_acceptance_length"],
     )
+
+
+def length_correlation(turns: pd.DataFrame) -> pd.DataFrame:
+    """Per run and turn: how many counted turns, and the Spearman rank correlation of turn
+    AL with response length (output tokens); negative means longer answers accept less.
+    Takes `turns_frame`; the correlation is empty (NaN) with fewer than 3 turns or when
+    either column is constant."""
+    rows = []
+    counted = turns[turns["ok"] & turns["counted"]] if len(turns) else turns
+    for (run, turn), part in counted.groupby(["run", "turn"], sort=False):
+        usable = len(part) >= 3 and part["output_tokens"].nunique() > 1
+        usable = usable and part["acceptance_length"].nunique() > 1
+        rho = (
+            part["acceptance_length"].corr(part["output_tokens"], method="spearman")
+            if usable
+            else float("nan")
+        )
+        rows.append({"run": run, "turn": turn, "turns": len(part), "spearman_al_vs_length": rho})
+    return pd.DataFrame(rows, columns=["run", "turn", "turns", "spearman_al_vs_length"])
 
 
 def lowest_questions(runs: Sequence[Run], n: int = 10, snippet_chars: int = 80) -> pd.DataFrame:

@@ -17,6 +17,15 @@ from bench.analysis.frames import ALL, OVERALL
 from bench.references import ReferenceTable
 
 
+def _error_bars(mid: np.ndarray, low: pd.Series, high: pd.Series) -> list[np.ndarray]:
+    """Distances from `mid` to an interval's ends, as matplotlib's yerr wants them: a
+    missing interval draws no bar, and float rounding (a one-question interval is the
+    value itself, summed in another order) never gives a negative length."""
+    below = mid - low.to_numpy(dtype=float)
+    above = high.to_numpy(dtype=float) - mid
+    return [np.clip(np.nan_to_num(d), 0, None) for d in (below, above)]
+
+
 def _categories(frame: pd.DataFrame) -> list[str]:
     """Categories in the frame's order (card order, overall last)."""
     return list(dict.fromkeys(frame["category"]))
@@ -42,10 +51,9 @@ def _grouped_bars(
     for i, (label, frame, prefix) in enumerate(series):
         frame = frame.reindex(categories)
         values = frame[prefix + "acceptance_length"].to_numpy(dtype=float)
-        low = values - frame[prefix + "ci95_low"].to_numpy(dtype=float)
-        high = frame[prefix + "ci95_high"].to_numpy(dtype=float) - values
+        yerr = _error_bars(values, frame[prefix + "ci95_low"], frame[prefix + "ci95_high"])
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width,
-               yerr=[np.nan_to_num(low), np.nan_to_num(high)], capsize=3, label=label)  # fmt: skip
+               yerr=yerr, capsize=3, label=label)  # fmt: skip
     ax.set_xticks(x, categories, rotation=30, ha="right")
     ax.set_ylabel("acceptance length (tokens/step)")
     ax.set_ylim(bottom=1)
@@ -172,11 +180,8 @@ def plot_differences(comparison: pd.DataFrame) -> Figure:
         part = comparison[comparison["run"] == run].set_index("category").reindex(names)
         offset = x + (i - (len(runs) - 1) / 2) * 0.8 / max(len(runs), 1)
         mid = part["paired_delta"].to_numpy(dtype=float)
-        low = np.nan_to_num(mid - part["paired_ci95_low"].to_numpy(dtype=float))
-        high = np.nan_to_num(part["paired_ci95_high"].to_numpy(dtype=float) - mid)
-        bars = ax.errorbar(
-            offset, mid, yerr=[low, high], fmt="o", capsize=3, mfc="white", label=run
-        )
+        yerr = _error_bars(mid, part["paired_ci95_low"], part["paired_ci95_high"])
+        bars = ax.errorbar(offset, mid, yerr=yerr, fmt="o", capsize=3, mfc="white", label=run)
         real = part["exceeds_noise"].eq(True).to_numpy()
         ax.scatter(offset[real], mid[real], color=bars[0].get_color(), zorder=3)
     ax.axhline(0, color="grey", linewidth=1)
