@@ -195,3 +195,17 @@ def test_plot_helpers_draw_every_frame(worked, tmp_path):
     for i, fig in enumerate(figures):
         fig.savefig(tmp_path / f"{i}.png")
         assert (tmp_path / f"{i}.png").stat().st_size > 1000
+
+
+def test_reference_by_path_relative_to_the_repo_or_the_runs_own(worked):
+    assert worked.reference() is None  # the default config names no reference
+    card = worked.reference("configs/references/kimi-k2-thinking-eagle3.yaml")
+    assert card is not None and card.categories["writing"] == 2.282
+
+
+def test_error_bars_survive_rounding_and_missing_intervals(worked):
+    frame = analysis.categories_frame([worked])
+    # A one-question interval equals the value up to float summation order.
+    frame["ci95_low"] = frame["acceptance_length"] + 1e-15
+    frame.loc[0, "ci95_high"] = None
+    assert analysis.plot_categories(frame).axes
