@@ -163,6 +163,8 @@ def test_compare_runs_pairs_shared_questions(tmp_path):
     assert row["exceeds_noise"]  # every question gained 0.5: no noise at all
     same = comparison.loc[("base#2", "overall")]
     assert same["paired_delta"] == 0 and not same["exceeds_noise"]
+    with pytest.raises(BenchError, match="no loaded run is labelled 'nope'"):
+        analysis.compare_runs(runs, baseline="nope")
     figure = analysis.plot_differences(comparison.reset_index())
     assert len(figure.axes) == 1
 

@@ -434,9 +434,12 @@ def compare_runs(runs: Sequence[Run], baseline: int | str = 0) -> pd.DataFrame:
     questions both runs counted (stratified by category for overall), and `exceeds_noise`
     says whether that interval leaves out 0 (None: fewer than 2 shared questions).
     """
-    base = runs[baseline] if isinstance(baseline, int) else next(
-        r for r in runs if r.label == baseline
-    )  # fmt: skip
+    labels = [r.label for r in runs]
+    if isinstance(baseline, str):
+        if baseline not in labels:
+            raise BenchError(f"no loaded run is labelled {baseline!r}; loaded: {labels}")
+        baseline = labels.index(baseline)
+    base = runs[baseline]
     base_al = {q.question_id: q.acceptance_length for q in base.summary.questions}
     category_of = {q.question_id: q.category for q in base.summary.questions}
     base_groups = dict(_groups(base.summary))
