@@ -185,6 +185,11 @@ def paired_difference_ci95(
     the spread between questions that both runs share, so it sees smaller real differences
     than comparing the two runs' own intervals. A difference "exceeds the noise" when the
     interval leaves out 0. With fewer than 2 shared questions there is no interval.
+
+    A stratum with a single question has nothing to resample and would add no spread
+    (every question alone in its category gives an interval of zero width, which would
+    call any difference real); when any stratum has fewer than 2 shared questions the
+    questions are resampled as one group instead.
     """
     shared = sorted(set(base) & set(other))
     if not shared:
@@ -194,6 +199,8 @@ def paired_difference_ci95(
         key = strata.get(qid, "") if strata else ""
         groups.setdefault(key, []).append(other[qid] - base[qid])
     differences = [d for g in groups.values() for d in g]
+    if any(len(g) < 2 for g in groups.values()):
+        groups = {"": differences}
     ci = bootstrap_ci95(list(groups.values()), resamples, seed) if len(shared) >= 2 else None
     return PairedDifference(len(shared), float(np.mean(differences)), ci)
 

@@ -178,3 +178,20 @@ def test_paired_difference_sees_a_shift_that_the_spread_between_questions_hides(
     assert (one.shared_questions, one.mean_difference, one.ci95) == (1, 0.5, None)
     assert one.exceeds_noise is None
     assert paired_difference_ci95({}, {81: 1.0}).mean_difference is None
+
+
+def test_paired_difference_does_not_stratify_single_question_strata():
+    # One question per category (a --limit 8 run): stratified resampling would have no
+    # spread at all and call any difference real; pooled, +0.3/-0.1/+0.1/-0.2 straddle 0.
+    base = {81: 1.0, 91: 1.0, 101: 1.0, 111: 1.0}
+    other = {81: 1.3, 91: 0.9, 101: 1.1, 111: 0.8}
+    strata = {81: "writing", 91: "roleplay", 101: "reasoning", 111: "math"}
+    paired = paired_difference_ci95(base, other, strata)
+    assert paired.mean_difference == pytest.approx(0.025)
+    assert paired.ci95[0] < 0 < paired.ci95[1] and paired.exceeds_noise is False
+    assert paired.ci95 == paired_difference_ci95(base, other).ci95
+    # With two or more per stratum, resampling stays within each category.
+    two = {qid + 1: v for qid, v in other.items()} | other
+    two_base = {qid + 1: v for qid, v in base.items()} | base
+    two_strata = {qid + 1: c for qid, c in strata.items()} | strata
+    assert paired_difference_ci95(two_base, two, two_strata).ci95 == pytest.approx((0.025, 0.025))
