@@ -390,7 +390,8 @@ def lowest_questions(runs: Sequence[Run], n: int = 10, snippet_chars: int = 80) 
 
 def card_table(run: Run, reference: ReferenceTable | None = None) -> pd.DataFrame:
     """The model card's table (category, AL) with the 95 % interval, beside a published
-    table when given (`reference`, Δ = run − reference, Δ % of the reference)."""
+    table when given (`reference`, Δ = run − reference, Δ % of the reference, and whether
+    the reference lies inside the interval; None where the interval has zero width)."""
     rows = []
     for category, group in _groups(run.summary):
         row = {
@@ -406,8 +407,10 @@ def card_table(run: Run, reference: ReferenceTable | None = None) -> pd.DataFram
             row["reference"] = ref
             row["delta"] = None if ref is None or mine is None else mine - ref
             row["delta_pct"] = None if ref is None or mine is None else 100 * (mine - ref) / ref
+            # A zero-width interval (one question, or one per category overall) has
+            # nothing to judge by: None, not a confident False.
             row["reference_in_ci95"] = (
-                None if ref is None or group.ci95 is None
+                None if ref is None or group.ci95 is None or group.ci95[0] == group.ci95[1]
                 else group.ci95[0] <= ref <= group.ci95[1]
             )  # fmt: skip
         rows.append(row)
