@@ -56,7 +56,6 @@ def _grouped_bars(
                yerr=yerr, capsize=3, label=label)  # fmt: skip
     ax.set_xticks(x, categories, rotation=30, ha="right")
     ax.set_ylabel("acceptance length (tokens/step)")
-    ax.set_ylim(bottom=1)
 
 
 def plot_categories(categories: pd.DataFrame, reference: ReferenceTable | None = None) -> Figure:
@@ -73,6 +72,7 @@ def plot_categories(categories: pd.DataFrame, reference: ReferenceTable | None =
         xs = [i for i, v in enumerate(values) if v is not None]
         ax.scatter(xs, [values[i] for i in xs], marker="D", color="black", zorder=3,
                    label=reference.name)  # fmt: skip
+    ax.set_ylim(bottom=1)  # last: setting a limit stops autoscaling to later artists
     ax.set_title("MT-Bench acceptance length per category (95 % bootstrap interval)")
     ax.legend(fontsize=8)
     return fig
@@ -87,6 +87,7 @@ def plot_turns(categories: pd.DataFrame) -> Figure:
         _grouped_bars(
             ax, list(frame.index), [("turn 1", frame, "turn1_"), ("turn 2", frame, "turn2_")]
         )
+        ax.set_ylim(bottom=1)
         ax.set_title(f"{run}: turn 1 vs turn 2")
         ax.legend(fontsize=8)
     return fig
@@ -150,21 +151,22 @@ def plot_length(turns: pd.DataFrame) -> Figure:
 
 
 def plot_position_buckets(buckets: pd.DataFrame, categories: Sequence[str] | None = None) -> Figure:
-    """Decode AL by position in the response, one line per category (and run)."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
+    """Decode AL by position in the response, one line per category (overall in black),
+    one panel per run."""
+    runs = list(dict.fromkeys(buckets["run"]))
+    fig, axes = _panels(len(runs), columns=1, size=(8, 4))
     wanted = categories or _categories(buckets)
-    for (run, category), part in buckets.groupby(["run", "category"], sort=False):
-        if category not in wanted:
-            continue
-        style = {"linewidth": 3, "color": "black"} if category == OVERALL else {}
-        label = category if buckets["run"].nunique() == 1 else f"{run}: {category}"
-        ax.plot(part["start_tokens"], part["decode_acceptance_length"], marker="o",
-                label=label, **style)  # fmt: skip
-    ax.set_xlabel("position in the response (tokens before the step, bucket start)")
-    ax.set_ylabel("decode acceptance length (pooled)")
-    ax.set_title("Does acceptance fall off in long answers?")
-    ax.legend(fontsize=7, ncol=2)
+    for ax, run in zip(axes, runs):
+        for category, part in buckets[buckets["run"] == run].groupby("category", sort=False):
+            if category not in wanted:
+                continue
+            style = {"linewidth": 3, "color": "black"} if category == OVERALL else {}
+            ax.plot(part["start_tokens"], part["decode_acceptance_length"], marker="o",
+                    label=category, **style)  # fmt: skip
+        ax.set_xlabel("position in the response (tokens before the step, bucket start)")
+        ax.set_ylabel("decode acceptance length (pooled)")
+        ax.set_title(f"{run}: does acceptance fall off in long answers?")
+        ax.legend(fontsize=7, ncol=3)
     return fig
 
 
