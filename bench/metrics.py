@@ -91,10 +91,16 @@ def bootstrap_ci95(
     seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float] | None:
     """95 % percentile interval of the mean of all values, resampling questions with
-    replacement inside each group (a category; stratified when there are several)."""
+    replacement inside each group (a category; stratified when there are several).
+
+    When any group has fewer than 2 values the values are resampled as one group instead:
+    a question alone in its stratum never varies, and would give an interval of zero width
+    that calls any difference real."""
     arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
     if not arrays:
         return None
+    if len(arrays) > 1 and any(len(a) < 2 for a in arrays):
+        arrays = [np.concatenate(arrays)]
     rng = np.random.default_rng(seed)
     n_total = sum(len(a) for a in arrays)
     sums = np.zeros(resamples)
@@ -104,6 +110,103 @@ def bootstrap_ci95(
     means = sums / n_total
     low, high = np.percentile(means, [2.5, 97.5])
     return (float(low), float(high))
+
+
+def step_positions(turn_steps: Sequence[int]) -> list[int]:
+    """Position of each step in its response: tokens the turn emitted before that step
+    (0 for the first step, then the running Σ e)."""
+    positions, emitted = [], 0
+    for e in turn_steps:
+        positions.append(emitted)
+        emitted += e
+    return positions
+
+
+@dataclass(frozen=True)
+class PositionBucket:
+    start_tokens: int
+    """First response position of the bucket: the bucket holds positions
+    [start_tokens, start_tokens + bucket_tokens)."""
+    decode_steps: int
+    decode_acceptance_length: float
+    """Σ e / decode steps of the steps that start in the bucket (pooled over turns)."""
+
+
+def decode_acceptance_length_by_position(
+    turns: Iterable[tuple[Sequence[int], bool]], bucket_tokens: int
+) -> list[PositionBucket]:
+    """Does acceptance fall off in long answers? Decode steps of many turns, grouped by
+    where they start in their response (`step_positions` // bucket_tokens), each bucket's
+    pooled decode AL = Σ e / steps over the steps that start in it.
+
+    `turns` holds (steps, prefill_step) per turn; prefill steps are left out (they always
+    emit 1 and would pull the first bucket down). Only buckets with steps are returned. The
+    last step of a turn may be cut short by EOS or max_tokens, so buckets where many answers
+    end read slightly low.
+    """
+    if bucket_tokens < 1:
+        raise ValueError("bucket_tokens must be at least 1")
+    sums: dict[int, list[int]] = {}
+    for steps, prefill_step in turns:
+        pairs = list(zip(step_positions(steps), steps))
+        for position, e in pairs[1:] if prefill_step else pairs:
+            tally = sums.setdefault(position // bucket_tokens, [0, 0])
+            tally[0] += e
+            tally[1] += 1
+    return [
+        PositionBucket(bucket * bucket_tokens, count, total / count)
+        for bucket, (total, count) in sorted(sums.items())
+    ]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    shared_questions: int
+    mean_difference: float | None
+    """Mean over shared questions of (other AL − base AL)."""
+    ci95: tuple[float, float] | None
+    """Paired bootstrap 95 % interval of `mean_difference`."""
+
+    @property
+    def exceeds_noise(self) -> bool | None:
+        """True when the interval leaves out 0; None when there is no interval."""
+        if self.ci95 is None:
+            return None
+        return self.ci95[0] > 0 or self.ci95[1] < 0
+
+
+def paired_difference_ci95(
+    base: dict[int, float],
+    other: dict[int, float],
+    strata: dict[int, str] | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> PairedDifference:
+    """Is run B's AL different from run A's beyond question-sampling noise?
+
+    Paired bootstrap over the questions both runs counted: d_q = other[q] − base[q] per
+    shared question id q, then the percentile 95 % interval of the mean of d, resampling
+    questions with replacement (within each stratum, e.g. category, when `strata` maps
+    question id to one; the same stratified scheme as `bootstrap_ci95`). Pairing removes
+    the spread between questions that both runs share, so it sees smaller real differences
+    than comparing the two runs' own intervals. A difference "exceeds the noise" when the
+    interval leaves out 0. With fewer than 2 shared questions there is no interval.
+
+    A stratum with a single question has nothing to resample and would add no spread
+    (every question alone in its category gives an interval of zero width, which would
+    call any difference real); when any stratum has fewer than 2 shared questions the
+    questions are resampled as one group instead.
+    """
+    shared = sorted(set(base) & set(other))
+    if not shared:
+        return PairedDifference(0, None, None)
+    groups: dict[str, list[float]] = {}
+    for qid in shared:
+        key = strata.get(qid, "") if strata else ""
+        groups.setdefault(key, []).append(other[qid] - base[qid])
+    differences = [d for g in groups.values() for d in g]
+    ci = bootstrap_ci95(list(groups.values()), resamples, seed) if len(shared) >= 2 else None
+    return PairedDifference(len(shared), float(np.mean(differences)), ci)
 
 
 # --- per question ----------------------------------------------------------------------

@@ -176,7 +176,8 @@ def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Pat
     fig, ax = plt.subplots(figsize=(9, 4))
     names = [n for n, _ in rows]
     values = [g.acceptance_length or 0 for _, g in rows]
-    # Clamped at 0: a one-question interval's ends equal the value up to rounding.
+    # Clipped at 0: a one-question interval is the value itself up to float rounding, and
+    # matplotlib refuses an error bar of length -1e-16 (that crashed `bench run`).
     low = [max(0.0, v - (g.ci95[0] if g.ci95 else v)) for v, (_, g) in zip(values, rows)]
     high = [max(0.0, (g.ci95[1] if g.ci95 else v) - v) for v, (_, g) in zip(values, rows)]
     ax.bar(names, values, yerr=[low, high], capsize=4, color="#4C72B0", label="this run (95 % CI)")

@@ -289,7 +289,11 @@ def execute(
             "peak_rss_mb": peak_rss_mb(),
         }
     )
-    write_results(run, summary, manifest, reference)
+    try:
+        write_results(run, summary, manifest, reference)
+    except Exception:
+        run.write_manifest(manifest.model_copy(update={"status": "failed"}))
+        raise
     run.write_manifest(manifest)
     latest = [r for r in latest_by_turn(records).values() if r.ok]
     return RunOutcome(

@@ -12,4 +12,4 @@ pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   pip_install "${TORCH_SPEC:-torch==2.13.0}"
 fi
-pip_install -e ".[reference,hf,openai,serve,test]"
+pip_install -e ".[reference,hf,openai,serve,analysis,test]"

@@ -7,9 +7,12 @@ import pytest
 from bench.metrics import (
     bootstrap_ci95,
     conditional_acceptance,
+    decode_acceptance_length_by_position,
     draft_acceptance_rate,
     histogram,
     joint_acceptance,
+    paired_difference_ci95,
+    step_positions,
     summarize,
 )
 from bench.records import TurnRecord
@@ -141,3 +144,61 @@ def test_length_capped_share_is_reported():
     assert s.valid  # a capped turn is counted, and flagged, not invalid
     capped = next(sig for sig in s.signals if sig.code == "length_capped_turns")
     assert capped.severity == "warning"
+
+
+def test_step_positions_and_decode_al_by_position_on_the_worked_example():
+    # Positions = tokens emitted before each step: turn 1 [1,4,2,1,3] -> 0,1,5,7,8.
+    assert step_positions([1, 4, 2, 1, 3]) == [0, 1, 5, 7, 8]
+    assert step_positions([1, 4, 4, 2]) == [0, 1, 5, 9]
+    buckets = decode_acceptance_length_by_position(
+        [([1, 4, 2, 1, 3], True), ([1, 4, 4, 2], True)], bucket_tokens=4
+    )
+    # Decode steps by bucket (position // 4), prefill steps left out:
+    # [0,4): e=4 (t1), 4 (t2); [4,8): 2, 1 (t1), 4 (t2); [8,12): 3 (t1), 2 (t2).
+    assert [(b.start_tokens, b.decode_steps) for b in buckets] == [(0, 2), (4, 3), (8, 2)]
+    assert [b.decode_acceptance_length for b in buckets] == pytest.approx([8 / 2, 7 / 3, 5 / 2])
+    with pytest.raises(ValueError):
+        decode_acceptance_length_by_position([], bucket_tokens=0)
+
+
+def test_paired_difference_sees_a_shift_that_the_spread_between_questions_hides():
+    base = {81 + i: v for i, v in enumerate([1.2, 1.5, 1.9, 2.4, 2.0, 1.1, 1.7, 2.2, 1.4, 1.8])}
+    shifted = {qid: v + 0.05 for qid, v in base.items()}
+    paired = paired_difference_ci95(base, shifted)
+    assert paired.shared_questions == 10
+    assert paired.mean_difference == pytest.approx(0.05)
+    assert paired.ci95 == pytest.approx((0.05, 0.05)) and paired.exceeds_noise
+    # Unpaired, the two runs' own intervals overlap: the shift hides in the spread.
+    a, b = bootstrap_ci95([list(base.values())]), bootstrap_ci95([list(shifted.values())])
+    assert a[1] > b[0]
+    noisy = {qid: v + (0.3 if qid % 2 else -0.3) for qid, v in base.items()}
+    assert paired_difference_ci95(base, noisy).exceeds_noise is False
+    # Only shared questions count; one shared question gives no interval.
+    one = paired_difference_ci95({81: 1.0, 82: 2.0}, {81: 1.5, 99: 3.0})
+    assert (one.shared_questions, one.mean_difference, one.ci95) == (1, 0.5, None)
+    assert one.exceeds_noise is None
+    assert paired_difference_ci95({}, {81: 1.0}).mean_difference is None
+
+
+def test_paired_difference_does_not_stratify_single_question_strata():
+    # One question per category (a --limit 8 run): stratified resampling would have no
+    # spread at all and call any difference real; pooled, +0.3/-0.1/+0.1/-0.2 straddle 0.
+    base = {81: 1.0, 91: 1.0, 101: 1.0, 111: 1.0}
+    other = {81: 1.3, 91: 0.9, 101: 1.1, 111: 0.8}
+    strata = {81: "writing", 91: "roleplay", 101: "reasoning", 111: "math"}
+    paired = paired_difference_ci95(base, other, strata)
+    assert paired.mean_difference == pytest.approx(0.025)
+    assert paired.ci95[0] < 0 < paired.ci95[1] and paired.exceeds_noise is False
+    assert paired.ci95 == paired_difference_ci95(base, other).ci95
+    # With two or more per stratum, resampling stays within each category.
+    two = {qid + 1: v for qid, v in other.items()} | other
+    two_base = {qid + 1: v for qid, v in base.items()} | base
+    two_strata = {qid + 1: c for qid, c in strata.items()} | strata
+    assert paired_difference_ci95(two_base, two, two_strata).ci95 == pytest.approx((0.025, 0.025))
+
+
+def test_stratified_bootstrap_pools_when_a_category_has_one_question():
+    one_each = [[1.2], [1.9], [2.6]]
+    low, high = bootstrap_ci95(one_each)
+    assert low < high  # not the zero-width interval of three fixed strata
+    assert bootstrap_ci95(one_each) == bootstrap_ci95([[1.2, 1.9, 2.6]])
