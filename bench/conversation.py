@@ -128,7 +128,7 @@ def load_tokenizer(target: TargetConfig) -> Any:
         raise BenchError(
             "applying the chat template needs transformers: pip install 'bench[reference]'"
         ) from None
-    from bench.target import resolve_target
+    from bench.target import pretrained_kwargs, resolve_target
 
     if target.trust_remote_code:
         print(f"note: trusting the Python code shipped with {target.tokenizer or target.name}")
@@ -138,12 +138,9 @@ def load_tokenizer(target: TargetConfig) -> Any:
                 target.tokenizer, trust_remote_code=target.trust_remote_code
             )
         resolved = resolve_target(target)
-        kwargs: dict[str, Any] = {"trust_remote_code": target.trust_remote_code}
-        if resolved.gguf_file:
-            kwargs["gguf_file"] = resolved.gguf_file
-        if target.revision:
-            kwargs["revision"] = target.revision
-        return AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+        return AutoTokenizer.from_pretrained(
+            resolved.location, **pretrained_kwargs(target, resolved)
+        )
     except BenchError:
         raise
     except Exception as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.config import TargetConfig
 from bench.errors import BenchError
@@ -22,6 +23,16 @@ class ResolvedTarget:
     """File name inside `location` when the weights are GGUF."""
     sha256: str | None
     """Hash of the weights file when it is a single verified file."""
+
+
+def pretrained_kwargs(target: TargetConfig, resolved: ResolvedTarget) -> dict[str, Any]:
+    """The `from_pretrained` arguments shared by the tokenizer and the weights."""
+    kwargs: dict[str, Any] = {"trust_remote_code": target.trust_remote_code}
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    if target.revision:
+        kwargs["revision"] = target.revision
+    return kwargs
 
 
 def resolve_target(target: TargetConfig) -> ResolvedTarget:

@@ -162,14 +162,10 @@ def load_causal_lm(
     files cannot be found locally to hash)."""
     from transformers import AutoModelForCausalLM
 
-    from bench.target import checkpoint_sha256, local_files, resolve_target
+    from bench.target import checkpoint_sha256, local_files, pretrained_kwargs, resolve_target
 
     resolved = resolve_target(target)
-    kwargs: dict[str, Any] = {"trust_remote_code": target.trust_remote_code}
-    if resolved.gguf_file:
-        kwargs["gguf_file"] = resolved.gguf_file
-    if target.revision:
-        kwargs["revision"] = target.revision
+    kwargs = pretrained_kwargs(target, resolved)
     dtype = target.dtype
     kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
