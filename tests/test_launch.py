@@ -82,6 +82,9 @@ def test_ctrl_c_stops_the_launched_server(tokenizer_dir, write_config, tmp_path)
         [sys.executable, "-m", "bench", "run", "--config", str(config), "--out",
          str(tmp_path / "run"), "--quiet"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # A shell runs background jobs with SIGINT ignored, and a child inherits that;
+        # give the run the default disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 600  # generous: CI machines are shared and slow
     records = tmp_path / "run" / "records.jsonl"
