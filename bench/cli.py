@@ -7,6 +7,7 @@ errors (`BenchError`) end as one line on stderr and their exit code, never a tra
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -258,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        # Libraries' own bars (transformers' GGUF loader uses a bare tqdm) only where a user
+        # watches. tqdm reads TQDM_* when it is first imported, which is after this point.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return args.func(args)
     except BenchError as err:

@@ -86,7 +86,6 @@ def check_output_folder(path: Path) -> None:
 
 def quiet_libraries() -> None:
     """Libraries' own progress bars (e.g. GGUF dequantisation) only where a user watches."""
-    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF loader uses a bare tqdm
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
