@@ -17,13 +17,22 @@ from bench import __version__
 from bench.errors import BenchError
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+def _number_list(kind: type, name: str):
+    """An argparse type for comma-separated `kind` values (e.g. 81,82 or 0.6,0.35)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {name}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+_int_list = _number_list(int, "integers")
+_float_list = _number_list(float, "numbers")
 
 
 def _str_list(text: str) -> list[str]:
@@ -142,15 +151,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(card_table(summary))
     print(f"\nwrote {args.run_dir / 'summary.json'}, report.md and plots/")
     return 0
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
 
 
 def add_compare_parser(sub: Any) -> None:

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bench.config import describe_validation_error
+from bench.config import describe_validation_error, read_yaml
 from bench.dataset import CATEGORIES
 from bench.errors import BenchError
 from bench.metrics import Summary, bootstrap_ci95
@@ -90,13 +89,7 @@ class GateConfig(BaseModel):
 def load_gate(path: str | Path | None) -> GateConfig:
     if path is None:
         return GateConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"gate file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise BenchError(f"gate file {path} is not valid YAML") from None
+    data = read_yaml(Path(path), "gate file") or {}
     try:
         gate = GateConfig.model_validate(data)
     except ValidationError as err:

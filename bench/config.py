@@ -315,6 +315,18 @@ def _resolve_path(value: str | None, base: Path) -> str | None:
     return str(path.resolve())
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's data; a missing or malformed file is one clear error naming `what`."""
+    if not path.is_file():
+        raise BenchError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BenchError(f"{what} {path} is not valid YAML{where}") from None
+
+
 def describe_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -346,14 +358,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     current directory.
     """
     config_path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not config_path.is_file():
-        raise BenchError(f"config file {config_path} does not exist")
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BenchError(f"config file {config_path} is not valid YAML{where}") from None
+    raw = read_yaml(config_path, "config file")
     if not isinstance(raw, dict):
         raise BenchError(f"config file {config_path} must hold a mapping of settings")
     data = copy.deepcopy(raw)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from bench.config import describe_validation_error
+from bench.config import describe_validation_error, read_yaml
 from bench.dataset import CATEGORIES
 from bench.errors import BenchError
 
@@ -44,12 +43,7 @@ class ReferenceTable(BaseModel):
 
 def load_reference(path: str | Path) -> ReferenceTable:
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"reference table {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise BenchError(f"reference table {path} is not valid YAML") from None
+    data = read_yaml(path, "reference table")
     try:
         return ReferenceTable.model_validate(data)
     except ValidationError as err:

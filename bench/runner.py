@@ -129,16 +129,8 @@ async def run_turn(
     return TurnRecord(
         **base,
         prompt_tokens=len(prompt_ids),
-        steps=generation.steps,
-        prefill_step=generation.prefill_step,
-        drafted=generation.drafted,
         output_tokens=sum(generation.steps),
-        token_ids=generation.token_ids,
-        text=generation.text,
-        finish_reason=generation.finish_reason,
-        ttft_s=generation.ttft_s,
-        duration_s=generation.duration_s,
-        engine_counters=generation.engine_counters,
+        **generation.model_dump(),
     )
 
 

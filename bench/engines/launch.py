@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bench.config import LaunchConfig
+from bench.config import LaunchConfig, read_yaml
 from bench.errors import BenchError
 
 _DRAFT_PLACEHOLDERS = ("{draft_len}", "{draft_len_plus_1}")
@@ -48,13 +48,7 @@ def extra_llm_api_options(launch: LaunchConfig, draft_len: int) -> dict[str, Any
     if source is None:
         return None
     if isinstance(source, str):
-        path = Path(source)
-        if not path.is_file():
-            raise BenchError(f"launch.extra_llm_api_options: {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            raise BenchError(f"launch.extra_llm_api_options: {path} is not valid YAML") from None
+        data = read_yaml(Path(source), "launch.extra_llm_api_options file") or {}
     else:
         data = copy.deepcopy(source)
     if not isinstance(data, dict):
