@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bench.config import describe_validation_error, read_yaml
 from bench.dataset import CATEGORIES
 from bench.errors import BenchError
-from bench.metrics import Summary, bootstrap_ci95
+from bench.metrics import Summary, paired_difference_ci95
 from bench.references import ReferenceTable, load_reference
 from bench.rundir import Manifest, RunDir, drafter_mismatch, write_text_atomic
 
@@ -54,7 +54,8 @@ COMPARABILITY: dict[str, str] = {
 PAIRED_METHOD = (
     "paired bootstrap: the per-question AL differences (candidate − baseline) over the "
     "questions both sides ran, resampled with replacement ({resamples} resamples, seed "
-    "{seed}, stratified by category for overall); beyond noise when the 95 % interval of "
+    "{seed}, stratified by category for overall unless a category has a single shared "
+    "question; no interval from fewer than 2); beyond noise when the 95 % interval of "
     "the mean difference excludes 0"
 )
 REFERENCE_METHOD = (
@@ -330,17 +331,14 @@ def _paired(
     """Mean per-question difference, its bootstrap interval, and how many pairs."""
     b, c = base.question_als(), cand.question_als()
     assert b is not None and c is not None
-    shared = sorted(set(b) & set(c))
     if name != "overall":
-        shared = [q for q in shared if b[q][0] == name]
-    by_category: dict[str, list[float]] = {}
-    for q in shared:
-        by_category.setdefault(b[q][0], []).append(c[q][1] - b[q][1])
-    groups = list(by_category.values())
-    if not groups:
-        return None, None, 0
-    diffs = [d for g in groups for d in g]
-    return sum(diffs) / len(diffs), bootstrap_ci95(groups), len(diffs)
+        b = {q: v for q, v in b.items() if v[0] == name}
+    paired = paired_difference_ci95(
+        {q: al for q, (_, al) in b.items()},
+        {q: al for q, (_, al) in c.items()},
+        strata={q: category for q, (category, _) in b.items()},
+    )
+    return paired.mean_difference, paired.ci95, paired.shared_questions
 
 
 def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> Row:
