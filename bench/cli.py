@@ -57,6 +57,7 @@ RUN_OVERRIDES: dict[str, str] = {
     "limit": "dataset.limit",
     "reference": "reference",
     "concurrency": "concurrency",
+    "batch_size": "engine.batch_size",
 }
 
 
@@ -86,6 +87,11 @@ def add_run_parser(sub: Any) -> None:
         "--reference", help="published table to compare with (configs/references/*.yaml)"
     )
     p.add_argument("--concurrency", type=int, help="questions in flight")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="reference engine: turns decoded together (default 16 on CPU)",
+    )
     p.add_argument("--out", type=Path, help="run directory (default results/runs/<run-id>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -120,10 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     summary = outcome.summary
     print(card_table(summary))
-    rate = outcome.output_tokens / outcome.engine_seconds if outcome.engine_seconds else 0.0
+    rate = outcome.output_tokens / outcome.decode_s if outcome.decode_s else 0.0
     print(
         f"\n{summary.counted_questions} questions, {outcome.output_tokens} output tokens, "
-        f"{rate:.1f} tokens/s in the engine, {outcome.wall_s:.0f} s wall"
+        f"{rate:.1f} tokens/s while decoding, {outcome.wall_s:.0f} s wall"
     )
     print(f"run directory: {outcome.run.path}")
     for signal in summary.signals:

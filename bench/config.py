@@ -131,6 +131,9 @@ class ReferenceEngineConfig(Frozen):
     """`auto` takes CUDA when present."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores."""
+    batch_size: int | None = Field(None, ge=1)
+    """Turns decoded together (continuous batching); default 16 on CPU, 64 on CUDA. The
+    runner keeps at least this many questions in flight."""
     drafter: DrafterConfig = NgramDrafterConfig()
     """How draft tokens are proposed: `ngram`, `eagle3` or `draft_model`."""
 

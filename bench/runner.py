@@ -59,7 +59,8 @@ class RunOutcome:
     run: RunDir
     summary: Summary
     output_tokens: int
-    engine_seconds: float
+    decode_s: float
+    """Wall time of this invocation's decoding phase (turns overlap: not their sum)."""
     wall_s: float
 
 
@@ -143,8 +144,11 @@ async def drive(
     done: dict[tuple[int, int], TurnRecord],
     progress: tqdm,
 ) -> None:
-    """Both turns of every question; turn 2 always gets its own turn 1's output."""
-    semaphore = asyncio.Semaphore(config.concurrency)
+    """Both turns of every question; turn 2 always gets its own turn 1's output.
+
+    Questions in flight: `concurrency`, or the engine's batch size when larger (a batching
+    engine only batches what it is given)."""
+    semaphore = asyncio.Semaphore(max(config.concurrency, getattr(engine, "batch_size", 1)))
 
     async def one(question: Question) -> None:
         async with semaphore:
@@ -251,6 +255,7 @@ def execute(
             total=2 * len(questions), initial=finished, unit="turn", desc="MT-Bench",
             disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
         )  # fmt: skip
+        decode_started = time.perf_counter()
         try:
             with RecordWriter(run.records_path) as writer, progress:
                 asyncio.run(drive(engine, chat, config, questions, writer, done, progress))
@@ -268,6 +273,7 @@ def execute(
             raise
     finally:
         asyncio.run(engine.aclose())
+    decode_s = time.perf_counter() - decode_started
 
     records = read_records(run.records_path)
     summary = summarize(records, config.draft_len, [q.question_id for q in questions])
@@ -291,7 +297,7 @@ def execute(
         run=run,
         summary=summary,
         output_tokens=sum(r.output_tokens for r in latest),
-        engine_seconds=sum(r.duration_s for r in latest),
+        decode_s=decode_s,
         wall_s=wall_s,
     )
 

@@ -1,6 +1,12 @@
 """Drafters for the reference engine: they propose up to k tokens the target then verifies.
 
-The interface is two calls per decoding step:
+The engine decodes many turns at once, each in a numbered slot, and talks to a
+`BatchDrafter`: `propose_batch(requests)` (one `DraftRequest` per row in flight: slot,
+context, k, inputs), `accept_batch({slot: accepted})` after verification, `release(slot)`
+when a turn leaves its slot. A drafter written for one sequence (`Drafter`, below) runs
+unchanged at batch size 1 through `as_batch_drafter`.
+
+The one-sequence interface is two calls per decoding step:
 
 - `propose(context, k, inputs)`: up to k tokens continuing the accepted context (prompt and
   generated tokens so far). `inputs` carries what the target's last pass exposed (its
@@ -74,9 +80,65 @@ class Drafter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DraftRequest:
+    """One row of a batched draft: the turn in `slot` continues `context` with ≤ k tokens."""
+
+    slot: int
+    context: list[int]
+    k: int
+    inputs: DraftInputs
+
+
+class BatchDrafter(Protocol):
+    captured_layers: tuple[int, ...]
+
+    def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
+        """One proposal per request, in order."""
+        ...
+
+    def accept_batch(self, accepted: dict[int, int]) -> None:
+        """Per slot, how many of its last proposal's tokens were kept."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """The slot's turn is over; its next `propose_batch` starts a new one."""
+        ...
+
+
+class OneRow:
+    """A one-sequence `Drafter` as a `BatchDrafter` for batch size 1 (slot 0 only)."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self.drafter = drafter
+        self.captured_layers = tuple(getattr(drafter, "captured_layers", ()))
+
+    def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
+        return [self.drafter.propose(r.context, r.k, r.inputs) for r in requests]
+
+    def accept_batch(self, accepted: dict[int, int]) -> None:
+        for n in accepted.values():
+            self.drafter.accept(n)
+
+    def release(self, slot: int) -> None:
+        pass  # a one-sequence drafter resets itself when a new context starts
+
+
+def as_batch_drafter(drafter: Drafter | BatchDrafter, batch_size: int) -> BatchDrafter:
+    if hasattr(drafter, "propose_batch"):
+        return drafter  # type: ignore[return-value]
+    if batch_size == 1:
+        return OneRow(drafter)  # type: ignore[arg-type]
+    raise BenchError(
+        f"the {type(drafter).__name__} drafter proposes for one sequence at a time; "
+        "run it with engine.batch_size 1"
+    )
+
+
 class NgramDrafter:
     """Prompt-lookup decoding: find the latest earlier occurrence of the context's last n
-    tokens (n from `max_ngram` down to `min_ngram`) and propose what followed it."""
+    tokens (n from `max_ngram` down to `min_ngram`) and propose what followed it. It keeps
+    no state, so a batch is each row on its own."""
 
     captured_layers: tuple[int, ...] = ()
 
@@ -101,6 +163,15 @@ class NgramDrafter:
         return Proposal([])
 
     def accept(self, accepted: int) -> None:
+        pass
+
+    def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
+        return [self.propose(r.context, r.k, r.inputs) for r in requests]
+
+    def accept_batch(self, accepted: dict[int, int]) -> None:
+        pass
+
+    def release(self, slot: int) -> None:
         pass
 
 

@@ -8,21 +8,36 @@ target, token for token.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import os
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench import __version__
 from bench.config import RunConfig, TargetConfig
 from bench.conversation import ChatFormat
 from bench.engines import EngineInfo, SamplingParams
-from bench.engines.drafters import Drafter, DraftInputs, Proposal, build_drafter, cache_argument
+from bench.engines.drafters import (
+    BatchDrafter,
+    Drafter,
+    DraftInputs,
+    DraftRequest,
+    Proposal,
+    as_batch_drafter,
+    build_drafter,
+    cache_argument,
+)
 from bench.errors import BenchError
 from bench.records import Generation
 
 try:
     import torch
+
+    from bench.engines.batching import BatchedLM
 except ImportError:  # the registry imports this module only when the engine is chosen
     torch = None  # type: ignore[assignment]
 
@@ -69,82 +84,212 @@ def verify(
     return d, int(torch.multinomial(p[d], 1, generator=generator))
 
 
+@dataclass(eq=False)
+class Row:
+    """One turn in flight: its prompt, what it has emitted so far, and its slot."""
+
+    prompt: list[int]
+    sampling: SamplingParams
+    on_step: Callable[[list[int]], None] | None
+    submitted: float
+    generator: Any = None
+    slot: int = -1
+    out: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    drafted: list[int] = field(default_factory=list)
+    seen: DraftInputs | None = None
+    ttft_s: float = 0.0
+    error: BaseException | None = None
+    done: bool = False
+
+
 class SpeculativeDecoder:
-    """Draft k tokens, verify them in one target pass, keep the agreed prefix plus one."""
+    """Draft k tokens, verify them in one target pass, keep the agreed prefix plus one; for
+    up to `batch_size` turns at once (continuous batching).
 
-    def __init__(self, model: Any, drafter: Drafter, stop_token_ids: set[int]) -> None:
+    Every `step()` first admits waiting turns into free slots (one prefill forward for all
+    of them, which emits each one's first token), then runs one speculative step over every
+    turn in flight: each drafts up to k tokens, a single target forward verifies all of
+    them, and each row keeps its own number of tokens. A finished turn leaves at once and its
+    slot takes the next waiting turn at the following step; nobody waits for the batch to
+    drain. Per-row KV state lives in a slot cache (bench/engines/batching.py), so rows of
+    different lengths and acceptance never disturb each other.
+
+    Each row's record is what the one-row engine records: the same drafts from the same
+    context, the same verification rule, the same per-step counts. Only float rounding of
+    batched products differs, which can flip a near-tie between two tokens.
+    """
+
+    def __init__(
+        self, model: Any, drafter: Drafter | BatchDrafter, stop_token_ids: set[int],
+        batch_size: int = 1,
+    ) -> None:  # fmt: skip
         self.model = model
-        self.drafter = drafter
         self.stop_token_ids = stop_token_ids
-        self.device = next(model.parameters()).device
-        self._cache_arg = cache_argument(model)
+        self.batch_size = batch_size
+        self.drafter = as_batch_drafter(drafter, batch_size)
+        self.lm = BatchedLM(model, batch_size, cache_argument(model))
         # hidden_states indices the drafter reads (EAGLE-3: three); never the last, normed one.
-        self.captured = tuple(getattr(drafter, "captured_layers", ()))
+        self.captured = tuple(getattr(self.drafter, "captured_layers", ()))
+        self.waiting: deque[Row] = deque()
+        self.running: dict[int, Row] = {}  # slot -> row
+        self.free = list(range(batch_size))  # a heap: the lowest free slot is taken first
 
-    def _forward(self, token_ids: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
-        """Logits [n, V] for n new tokens appended to the cached context, and from the same
-        pass the drafter's captured hidden states [n, C·H] (None when it needs none)."""
-        inputs = torch.tensor([token_ids], device=self.device)
-        kwargs = {self._cache_arg: cache}
-        out = self.model(
-            input_ids=inputs, use_cache=True, output_hidden_states=bool(self.captured), **kwargs
-        )
-        if not self.captured:
-            return out.logits[0], None
-        return out.logits[0], torch.cat([out.hidden_states[i][0] for i in self.captured], dim=-1)
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        on_step: Callable[[list[int]], None] | None = None,
+    ) -> Row:
+        """Queue a turn; it joins the batch at the next `step()` with a free slot."""
+        if not prompt_ids:
+            raise BenchError("the prompt is empty")
+        row = Row(list(prompt_ids), sampling, on_step, time.perf_counter())
+        if sampling.temperature > 0:
+            row.generator = torch.Generator().manual_seed(sampling.seed or 0)
+        self.waiting.append(row)
+        return row
+
+    def cancel(self, row: Row) -> None:
+        """Drop a turn (its client went away); its slot is free at once."""
+        if row in self.waiting:
+            self.waiting.remove(row)
+        elif self.running.get(row.slot) is row:
+            self._leave(row)
+        row.done = True
 
     @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """Admit waiting turns, then one speculative step for all; returns the turns that
+        finished (or failed: `row.error`) in it."""
+        finished: list[Row] = []
+        joining = []
+        while self.waiting and self.free:
+            row = self.waiting.popleft()
+            row.slot = heapq.heappop(self.free)
+            self.running[row.slot] = row
+            joining.append(row)
+        if joining:
+            finished += self._guarded(joining, self._prefill)
+        decoding = [self.running[slot] for slot in sorted(self.running)]
+        decoding = [row for row in decoding if not row.done]
+        if decoding:
+            finished += self._guarded(decoding, self._decode)
+        return finished
+
+    def _guarded(self, rows: list[Row], work: Callable[[list[Row]], list[Row]]) -> list[Row]:
+        """A fault in a batched forward fails every row in it, and only those."""
+        try:
+            return work(rows)
+        except Exception as err:
+            for row in rows:
+                if not row.done:
+                    row.error = err
+                    self._leave(row)
+            return rows
+
+    def _prefill(self, rows: list[Row]) -> list[Row]:
+        """One pass over the joining prompts yields each one's first token (a step of 1,
+        flagged as the prefill)."""
+        for row in rows:
+            self.lm.cache.reset(row.slot)
+            self.drafter.release(row.slot)
+        slots = [row.slot for row in rows]
+        logits, hidden = self.lm.forward(slots, [row.prompt for row in rows], self.captured,
+                                         last_only=True)  # fmt: skip
+        finished = []
+        for r, row in enumerate(rows):
+            self.lm.cache.commit(row.slot, len(row.prompt))
+            temperature = row.sampling.temperature
+            _, first = verify(logits[r][-1:], Proposal([]), temperature, row.generator)
+            row.seen = DraftInputs(0, None if hidden is None else hidden[r], temperature,
+                                   row.generator)  # fmt: skip
+            row.ttft_s = time.perf_counter() - row.submitted
+            if self._emit(row, [first], 0):
+                finished.append(row)
+        return finished
+
+    def _decode(self, rows: list[Row]) -> list[Row]:
+        requests = []
+        for row in rows:
+            # Never draft past max_tokens: a step emits at most k + 1 tokens.
+            k = min(row.sampling.draft_len, row.sampling.max_tokens - len(row.out) - 1)
+            requests.append(DraftRequest(row.slot, row.prompt + row.out, k, row.seen))
+        proposals = self.drafter.propose_batch(requests)
+        # The cache holds every context token but the newest; feed it plus the drafts.
+        blocks = [[row.out[-1], *p.tokens] for row, p in zip(rows, proposals)]
+        logits, hidden = self.lm.forward([row.slot for row in rows], blocks, self.captured)
+        accepted_by_slot: dict[int, int] = {}
+        emitted = []
+        for r, (row, proposal) in enumerate(zip(rows, proposals)):
+            temperature = row.sampling.temperature
+            accepted, next_token = verify(logits[r], proposal, temperature, row.generator)
+            accepted_by_slot[row.slot] = accepted
+            new = [*proposal.tokens[:accepted], next_token]
+            for i, token in enumerate(new):  # a stop token ends the turn inside a step
+                if token in self.stop_token_ids:
+                    new = new[: i + 1]
+                    break
+            emitted.append(new)
+            # The rejected drafts leave the context (the slot keeps out[-1] and the accepted
+            # drafts), with the hidden states of the rows that stay.
+            self.lm.cache.commit(row.slot, 1 + accepted)
+            position = len(row.prompt) + len(row.out) - 1  # of out[-1]
+            kept = None if hidden is None else hidden[r][: 1 + accepted]  # [1 + a, C·H]
+            row.seen = DraftInputs(position, kept, temperature, row.generator)
+        self.drafter.accept_batch(accepted_by_slot)
+        return [
+            row
+            for row, proposal, new in zip(rows, proposals, emitted)
+            if self._emit(row, new, len(proposal.tokens))
+        ]
+
+    def _emit(self, row: Row, new: list[int], drafted: int) -> bool:
+        """Record one step of a row and stream it; True when the row finished."""
+        row.out.extend(new)
+        row.steps.append(len(new))
+        row.drafted.append(drafted)
+        if row.on_step is not None:
+            try:
+                row.on_step(new)
+            except Exception as err:  # the listener is gone (a cancelled request)
+                row.error = err
+        if (
+            row.error
+            or row.out[-1] in self.stop_token_ids
+            or (len(row.out) >= row.sampling.max_tokens)
+        ):
+            self._leave(row)
+            return True
+        return False
+
+    def _leave(self, row: Row) -> None:
+        row.done = True
+        if self.running.get(row.slot) is row:
+            del self.running[row.slot]
+            self.drafter.release(row.slot)
+            heapq.heappush(self.free, row.slot)
+
     def generate(
         self,
         prompt_ids: list[int],
         sampling: SamplingParams,
         on_step: Callable[[list[int]], None] | None = None,
     ) -> tuple[list[int], list[int], list[int], float]:
-        """Returns (token ids, emitted per step, drafted per step, seconds to first token)."""
-        from transformers import DynamicCache
-
-        start = time.perf_counter()
-        generator = None
-        if sampling.temperature > 0:
-            generator = torch.Generator().manual_seed(sampling.seed or 0)
-        cache = DynamicCache()
-
-        # Prefill: one pass over the prompt yields the first token (a step of 1, flagged).
-        logits, hidden = self._forward(prompt_ids, cache)  # [P, V], [P, C·H] | None
-        _, first = verify(logits[-1:], Proposal([]), sampling.temperature, generator)
-        out, steps, drafted = [first], [1], [0]
-        seen = DraftInputs(0, hidden, sampling.temperature, generator)
-        ttft_s = time.perf_counter() - start
-        if on_step:
-            on_step([first])
-
-        while out[-1] not in self.stop_token_ids and len(out) < sampling.max_tokens:
-            # Never draft past max_tokens: a step emits at most k + 1 tokens.
-            k = min(sampling.draft_len, sampling.max_tokens - len(out) - 1)
-            proposal = self.drafter.propose(prompt_ids + out, k, seen)
-            d = len(proposal.tokens)
-            # The cache holds every context token but the newest; feed it plus the drafts.
-            position = len(prompt_ids) + len(out) - 1  # of out[-1]
-            logits, hidden = self._forward([out[-1], *proposal.tokens], cache)  # [1 + d, V]
-            accepted, next_token = verify(logits, proposal, sampling.temperature, generator)
-            self.drafter.accept(accepted)
-            new = [*proposal.tokens[:accepted], next_token]
-            for i, token in enumerate(new):  # a stop token ends the turn inside a step
-                if token in self.stop_token_ids:
-                    new = new[: i + 1]
-                    break
-            # Roll the cache back to the accepted context (the rejected drafts leave), and
-            # keep the hidden states of the rows that stay (out[-1] and the accepted drafts).
-            if d > accepted:
-                cache.crop(-(d - accepted))
-            kept = None if hidden is None else hidden[: 1 + accepted]  # [1 + a, C·H]
-            seen = DraftInputs(position, kept, sampling.temperature, generator)
-            out.extend(new)
-            steps.append(len(new))
-            drafted.append(d)
-            if on_step:
-                on_step(new)
-        return out, steps, drafted, ttft_s
+        """One turn on its own (the decoder must be idle). Returns (token ids, emitted per
+        step, drafted per step, seconds to first token)."""
+        if self.busy:
+            raise RuntimeError("generate() needs an idle decoder; submit() and step() instead")
+        row = self.submit(prompt_ids, sampling, on_step)
+        while not row.done:
+            self.step()
+        if row.error is not None:
+            raise row.error
+        return row.out, row.steps, row.drafted, row.ttft_s
 
 
 def _pick_device(wanted: str) -> str:
@@ -183,8 +328,22 @@ def load_target_model(config: RunConfig, device: str) -> Any:
     return load_causal_lm(config.target, device)[0]
 
 
+def default_batch_size(device: str) -> int:
+    """Turns in flight when the config leaves it open: on CPU the per-token cost of a
+    forward stops falling at about 16 rows of k + 1 tokens (scripts/throughput.py);
+    a GPU keeps gaining well beyond."""
+    return 64 if device == "cuda" else 16
+
+
 class ReferenceEngine:
-    """The `reference` engine: `SpeculativeDecoder` behind the async engine interface."""
+    """The `reference` engine: `SpeculativeDecoder` behind the async engine interface.
+
+    Turns submitted concurrently (`generate` awaited by many tasks) are decoded together.
+    The decoding loop runs on the event loop's thread, one step at a time, yielding between
+    steps so that new turns (e.g. a turn 2 whose turn 1 just ended) join at the next step:
+    which turns share a step is then a function of the inputs alone, so a run is
+    reproducible, and Ctrl-C stops it between two steps.
+    """
 
     def __init__(self, config: RunConfig, chat_format: ChatFormat) -> None:
         if torch is None:
@@ -203,7 +362,12 @@ class ReferenceEngine:
         drafter, drafter_info = build_drafter(
             engine.drafter, self.model, chat_format.tokenizer, device
         )
-        self.decoder = SpeculativeDecoder(self.model, drafter, stop)
+        self.batch_size = engine.batch_size or (
+            default_batch_size(device) if hasattr(drafter, "propose_batch") else 1
+        )
+        self.decoder = SpeculativeDecoder(self.model, drafter, stop, self.batch_size)
+        self._futures: dict[Row, asyncio.Future[Generation]] = {}
+        self._driver: asyncio.Task[None] | None = None
         import transformers
 
         self.info = EngineInfo(
@@ -214,10 +378,25 @@ class ReferenceEngine:
                 "device": device,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads() if device == "cpu" else None,
+                "batch_size": self.batch_size,
                 "drafter": drafter_info,
                 "stop_token_ids": sorted(stop),
                 "architecture": type(self.model).__name__,
             },
+        )
+
+    def generation(self, row: Row) -> Generation:
+        stopped = row.out[-1] in self.decoder.stop_token_ids
+        visible = row.out[:-1] if stopped else row.out
+        return Generation(
+            steps=row.steps,
+            prefill_step=True,
+            drafted=row.drafted,
+            token_ids=row.out,
+            text=self.chat_format.decode(visible),
+            finish_reason="stop" if stopped else "length",
+            ttft_s=row.ttft_s,
+            duration_s=time.perf_counter() - row.submitted,
         )
 
     def generate_sync(
@@ -226,24 +405,58 @@ class ReferenceEngine:
         sampling: SamplingParams,
         on_step: Callable[[list[int]], None] | None = None,
     ) -> Generation:
-        start = time.perf_counter()
-        tokens, steps, drafted, ttft_s = self.decoder.generate(prompt_ids, sampling, on_step)
-        stopped = tokens[-1] in self.decoder.stop_token_ids
-        visible = tokens[:-1] if stopped else tokens
-        return Generation(
-            steps=steps,
-            prefill_step=True,
-            drafted=drafted,
-            token_ids=tokens,
-            text=self.chat_format.decode(visible),
-            finish_reason="stop" if stopped else "length",
-            ttft_s=ttft_s,
-            duration_s=time.perf_counter() - start,
-        )
+        """One turn on its own, outside any event loop (scripts, tests)."""
+        row = self.decoder.submit(prompt_ids, sampling, on_step)
+        while not row.done:
+            self.decoder.step()
+        if row.error is not None:
+            raise row.error
+        return self.generation(row)
 
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
-        # Runs on the event loop's thread: Ctrl-C then stops it between two steps at once.
-        return self.generate_sync(prompt_ids, sampling)
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        on_step: Callable[[list[int]], None] | None = None,
+    ) -> Generation:
+        """Decode one turn in the shared batch; `on_step` gets each step's tokens as they
+        come (raising from it cancels the turn). Cancelling the caller frees its slot."""
+        loop = asyncio.get_running_loop()
+        row = self.decoder.submit(prompt_ids, sampling, on_step)
+        future = self._futures[row] = loop.create_future()
+        if self._driver is None or self._driver.done():
+            self._driver = loop.create_task(self._drive())
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.decoder.cancel(row)
+            raise
+        finally:
+            self._futures.pop(row, None)
+
+    async def _drive(self) -> None:
+        """Step the decoder while turns are in flight, yielding to the callers in between."""
+        while True:
+            await asyncio.sleep(0)  # every caller that is ready submits before the step
+            if not self.decoder.busy:
+                return
+            try:
+                finished = self.decoder.step()
+            except BaseException as err:  # e.g. a second Ctrl-C inside a forward
+                for future in self._futures.values():
+                    if not future.done():
+                        future.set_exception(err)
+                raise
+            for row in finished:
+                future = self._futures.get(row)
+                if future is None or future.done():
+                    continue
+                if row.error is not None:
+                    future.set_exception(row.error)
+                else:
+                    future.set_result(self.generation(row))
 
     async def aclose(self) -> None:
+        if self._driver is not None and not self._driver.done():
+            self._driver.cancel()
         self.model = None
