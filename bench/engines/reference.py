@@ -162,6 +162,7 @@ def load_causal_lm(
     files cannot be found locally to hash)."""
     from transformers import AutoModelForCausalLM
 
+    from bench.engines.quantize import quantize_target
     from bench.target import checkpoint_sha256, local_files, pretrained_kwargs, resolve_target
 
     resolved = resolve_target(target)
@@ -172,6 +173,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
     except Exception as err:
         raise BenchError(f"could not load the {role} {target.name}: {err}") from None
+    model = quantize_target(model, target.quantization, device)
     sha256 = resolved.sha256
     if sha256 is None:
         folder = local_files(resolved.location, target.revision, resolved.gguf_file)
@@ -213,6 +215,7 @@ class ReferenceEngine:
             details={
                 "device": device,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "quantization": config.target.quantization,
                 "threads": torch.get_num_threads() if device == "cpu" else None,
                 "drafter": drafter_info,
                 "stop_token_ids": sorted(stop),
