@@ -58,6 +58,7 @@ RUN_OVERRIDES: dict[str, str] = {
     "reference": "reference",
     "concurrency": "concurrency",
     "batch_size": "engine.batch_size",
+    "quantize": "target.quantization",
 }
 
 
@@ -92,6 +93,8 @@ def add_run_parser(sub: Any) -> None:
         type=int,
         help="reference engine: turns decoded together (default 16 on CPU)",
     )
+    p.add_argument("--quantize", choices=["none", "int8-dynamic"],
+                   help="reference engine on the CPU: int8 dynamic quantisation of the target's Linear layers")  # fmt: skip
     p.add_argument("--out", type=Path, help="run directory (default results/runs/<run-id>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -178,7 +181,7 @@ def add_compare_parser(sub: Any) -> None:
                    help="lower bounds of the candidate's joint acceptance at positions 1, 2, ...")  # fmt: skip
     p.add_argument("--allow", type=_str_list, default=[], action="extend",
                    help="accept these differences: draft_len, temperature, max_tokens, "
-                   "questions, turn2_history, methodology, drafter")  # fmt: skip
+                   "questions, turn2_history, methodology, drafter, precision")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("results/compare"),
                    help="folder for compare.md and compare.json (default results/compare)")  # fmt: skip
     p.set_defaults(func=cmd_compare)

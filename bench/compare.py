@@ -9,7 +9,8 @@ and overall, says whether each difference is beyond noise, and fails when:
 - a sanity signal of severity "error" fired on either side (AL ≈ 1, every decode step at
   k + 1, a step above k + 1, failed or missing turns);
 - the two sides are not comparable (draft length, temperature, max_tokens, questions,
-  turn-2 history policy, methodology version, drafter), unless `--allow` names the difference.
+  turn-2 history policy, methodology version, drafter, target weight precision), unless
+  `--allow` names the difference.
 
 Noise: where both sides carry question-level ALs, the paired differences over the questions
 both ran are bootstrapped (questions resampled, stratified by category for overall; the same
@@ -49,6 +50,7 @@ COMPARABILITY: dict[str, str] = {
     "turn2_history": "turn-2 history policy",
     "methodology": "methodology version",
     "drafter": "drafter (kind and checkpoint files)",
+    "precision": "target weight precision (dtype and quantisation)",
 }
 
 PAIRED_METHOD = (
@@ -148,6 +150,17 @@ class Side:
         return {q.question_id: (q.category, q.acceptance_length) for q in self.summary.questions}
 
 
+def target_precision(manifest: Manifest) -> str | None:
+    """The target's weight precision as the run set it: its dtype, then the quantisation
+    when there is one (`float32`, `float32+int8-dynamic`). Only the reference engine loads
+    the weights itself; other engines' servers choose their own, so None (not checked).
+    Manifests from before `target.quantization` existed read as unquantised."""
+    if manifest.config.engine.kind != "reference":
+        return None
+    target = manifest.config.target
+    return target.dtype + ("" if target.quantization == "none" else f"+{target.quantization}")
+
+
 def _read_summary(path: Path) -> Summary:
     try:
         return Summary.model_validate(json.loads(path.read_text(encoding="utf-8")))
@@ -192,6 +205,7 @@ def load_side(path: str | Path) -> Side:
             "questions": sorted(manifest.dataset.question_ids),
             "turn2_history": c.conversation.turn2_history,
             "methodology": manifest.methodology_version,
+            "precision": target_precision(manifest),
         }
         if settings["draft_len"] != summary.draft_len:
             raise BenchError(f"{run.path}: manifest and summary.json disagree on draft_len")

@@ -60,12 +60,26 @@ class TargetConfig(Frozen):
     """Run the model repository's own Python code (Kimi's tokenizer needs it)."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Weights dtype for in-process engines."""
+    quantization: Literal["none", "int8-dynamic"] = "none"
+    """Lower-precision weights on the reference engine: `int8-dynamic` stores the target's
+    Linear layers (the output projection excepted) as int8 and quantises activations per
+    call (bench/engines/quantize.py). CPU and float32 only. It changes the target's outputs,
+    so `bench compare` refuses to set it against another precision (`--allow precision`)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> TargetConfig:
         sources = [s for s in ("wheel", "path", "hf_id") if getattr(self, s) is not None]
         if len(sources) != 1:
             raise ValueError("target needs exactly one of wheel, path or hf_id")
+        return self
+
+    @model_validator(mode="after")
+    def _quantize_float32(self) -> TargetConfig:
+        if self.quantization != "none" and self.dtype != "float32":
+            raise ValueError(
+                f"target.quantization {self.quantization} quantises float32 weights; "
+                f"set target.dtype to float32 (it is {self.dtype})"
+            )
         return self
 
 
@@ -296,6 +310,22 @@ class RunConfig(Frozen):
     """A published table (configs/references/*.yaml) the report compares against."""
     concurrency: int = Field(1, ge=1)
     """Questions in flight at once (turn 2 always follows its own turn 1)."""
+
+    @model_validator(mode="after")
+    def _quantize_where_it_runs(self) -> RunConfig:
+        scheme = self.target.quantization
+        if scheme == "none":
+            return self
+        if self.engine.kind != "reference":
+            raise ValueError(
+                f"target.quantization {scheme} applies to the reference engine only; "
+                f"the {self.engine.kind} engine loads its own weights"
+            )
+        if self.engine.device == "cuda":
+            raise ValueError(
+                f"target.quantization {scheme} runs on the CPU only; set engine.device to cpu"
+            )
+        return self
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -72,6 +72,7 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         started_at: str = "2026-11-29T10:00:00+00:00",
         run_id: str | None = None,
         target_name: str | None = None,
+        target_fields: dict | None = None,
         max_ngram: int = 3,
         root: Path | None = None,
     ) -> Path:
@@ -82,10 +83,9 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
             "sampling.max_tokens": max_tokens, "conversation.turn2_history": turn2_history,
             "engine.drafter.max_ngram": max_ngram,
         })  # fmt: skip
-        if target_name is not None:
-            config = config.model_copy(
-                update={"target": config.target.model_copy(update={"name": target_name})}
-            )
+        target = {**({"name": target_name} if target_name else {}), **(target_fields or {})}
+        if target:
+            config = config.model_copy(update={"target": config.target.model_copy(update=target)})
         summary = summarize(records, draft_len, ids)
         extra = {}
         if methodology is not None:

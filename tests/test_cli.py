@@ -38,6 +38,7 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, fragment: str) -
         (["--categories", "poetry"], "unknown categories ['poetry']"),
         (["--questions", "no/such.jsonl"], "does not exist"),
         (["--limit", "0"], "dataset.limit"),
+        (["--quantize", "int8-dynamic", "--engine", "openai"], "reference engine only"),
     ],
 )
 def test_bad_input_is_one_sentence_and_nonzero(tmp_path, args, fragment):

@@ -177,6 +177,8 @@ def test_warnings_do_not_fail_the_gate(make_run, tmp_path):
         ("turn2_history", {"turn2_history": "raw"}),
         ("methodology", {"methodology": "0"}),
         ("drafter", {"max_ngram": 2}),
+        ("precision", {"target_fields": {"quantization": "int8-dynamic"}}),
+        ("precision", {"target_fields": {"dtype": "bfloat16"}}),
     ],
 )
 def test_each_incomparability_fails_unless_allowed(make_run, tmp_path, capsys, field, kwargs):
@@ -195,6 +197,20 @@ def test_questions_differ_pairs_only_shared_ones(make_run, tmp_path):
     humanities = next(r for r in data["rows"] if r["name"] == "humanities")
     assert humanities["candidate"] is None and "not compared" in humanities["note"]
     assert data["rows"][-1]["paired_questions"] == len(QIDS) - 2
+
+
+def test_manifest_from_before_quantization_reads_as_unquantised(make_run, tmp_path):
+    old = make_run("old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["config"]["target"]["quantization"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert load_side(old).settings["precision"] == "float32"
+    code, data, _ = gate(tmp_path, str(old), str(make_run("new")))
+    assert code == 0, failing(data)
+    quantized = make_run("q", target_fields={"quantization": "int8-dynamic"})
+    assert load_side(quantized).settings["precision"] == "float32+int8-dynamic"
+    code, data, _ = gate(tmp_path, str(old), str(quantized), out="q")
+    assert failing(data) == [("incomparable", "precision")]
 
 
 # --- other kinds of sides ----------------------------------------------------------------

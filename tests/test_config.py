@@ -43,6 +43,15 @@ def test_kimi_config_reference_path_is_resolved_from_the_config_folder():
     assert config.draft_len == 3 and config.sampling.max_tokens == 4096
 
 
+QUANTIZED = "name: x\ntarget: {name: t, hf_id: a/b, quantization: int8-dynamic}"
+
+
+def test_quantization_is_off_by_default_and_set_by_override():
+    assert load_config(None).target.quantization == "none"
+    config = load_config(None, {"target.quantization": "int8-dynamic"})
+    assert config.target.quantization == "int8-dynamic" and config.target.dtype == "float32"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -52,6 +61,9 @@ def test_kimi_config_reference_path_is_resolved_from_the_config_folder():
         ("name: x\ntarget: {name: t}", "target needs exactly one of wheel, path or hf_id"),
         ("name: x\ntarget: {name: t, hf_id: a/b}\nengine: {kind: magic}", "engine"),
         ("name: x\ntarget: {name: t, hf_id: a/b}\ndraft_len: 0", "draft_len"),
+        (f"{QUANTIZED[:-1]}, dtype: bfloat16}}", "set target.dtype to float32"),
+        (f"{QUANTIZED}\nengine: {{kind: reference, device: cuda}}", "runs on the CPU only"),
+        (f"{QUANTIZED}\nengine: {{kind: openai}}", "applies to the reference engine only"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path, text, message):

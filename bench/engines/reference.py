@@ -307,6 +307,7 @@ def load_causal_lm(
     files cannot be found locally to hash)."""
     from transformers import AutoModelForCausalLM
 
+    from bench.engines.quantize import quantize_target
     from bench.target import checkpoint_sha256, local_files, pretrained_kwargs, resolve_target
 
     resolved = resolve_target(target)
@@ -317,6 +318,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
     except Exception as err:
         raise BenchError(f"could not load the {role} {target.name}: {err}") from None
+    model = quantize_target(model, target.quantization, device)
     sha256 = resolved.sha256
     if sha256 is None:
         folder = local_files(resolved.location, target.revision, resolved.gguf_file)
@@ -377,6 +379,7 @@ class ReferenceEngine:
             details={
                 "device": device,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "quantization": config.target.quantization,
                 "threads": torch.get_num_threads() if device == "cpu" else None,
                 "batch_size": self.batch_size,
                 "drafter": drafter_info,
