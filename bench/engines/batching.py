@@ -14,9 +14,9 @@ shifted when rows join, leave or accept different numbers of drafts:
   (causal, and blind to whatever stale rows lie beyond);
 - RoPE positions are `length_r + i`, exactly those of the one-row engine.
 
-A one-row forward through this cache gives bit-for-bit the logits of transformers'
-DynamicCache (checked in tests); many rows differ only by the float rounding of batched
-matrix products.
+A forward through this cache computes what transformers' DynamicCache computes, row by
+row; the logits differ only by float rounding (another attention kernel, and batched matrix
+products whose blocking depends on the number of rows), which can flip a near-tie.
 
 Attention over these masked slots uses `slot_attention`, registered with transformers as
 the `bench_slots` implementation: a query block of a few tokens against a long cache is
