@@ -326,3 +326,25 @@ def test_batched_engine_equals_the_one_row_engine(engine, default_config):
         alone = reference.generate_sync(prompt, sampling)
         assert got.token_ids == alone.token_ids, (q.question_id, turn)
         assert got.steps == alone.steps and got.drafted == alone.drafted
+
+
+def test_a_turn_reuses_the_rows_of_the_turn_it_continues(target):
+    """Turn 2's prompt holds turn 1's prompt and answer: it joins the slot turn 1 left and
+    prefills only the new tokens, with the same result as prefilling everything."""
+    from bench.config import NgramDrafterConfig
+    from bench.engines.drafters import NgramDrafter
+
+    decoder = SpeculativeDecoder(target, NgramDrafter(NgramDrafterConfig()), {STOP}, 3)
+    params = SamplingParams(0.0, 12, 3)
+    others = [decoder.submit(p, params) for p in PROMPTS[1:3]]  # slots 0 and 1
+    first = decoder.submit(PROMPTS[0], params)  # slot 2
+    while not first.done:
+        decoder.step()
+    second_prompt = [*PROMPTS[0], *first.out, 44, 45, 46]
+    second = decoder.submit(second_prompt, params)
+    while decoder.busy:
+        decoder.step()
+    assert first.slot == 2 and second.slot == 2
+    assert second.reused == len(PROMPTS[0]) + len(first.out) - 1  # all rows turn 1 fed
+    assert second.out == greedy(target, second_prompt, 12)
+    assert all(row.out == greedy(target, row.prompt, 12) for row in others)

@@ -9,7 +9,7 @@ target, token for token.
 from __future__ import annotations
 
 import asyncio
-import heapq
+import bisect
 import os
 import time
 from collections import deque
@@ -101,6 +101,8 @@ class Row:
     ttft_s: float = 0.0
     error: BaseException | None = None
     done: bool = False
+    reused: int = 0
+    """Prompt tokens whose KV rows the slot already held (not prefilled again)."""
 
 
 class SpeculativeDecoder:
@@ -118,6 +120,12 @@ class SpeculativeDecoder:
     Each row's record is what the one-row engine records: the same drafts from the same
     context, the same verification rule, the same per-step counts. Only float rounding of
     batched products differs, which can flip a near-tie between two tokens.
+
+    A slot keeps the KV rows of the turn that left it: a joining turn takes the free slot
+    whose tokens share the longest prefix with its prompt and prefills only the rest (turn
+    2's prompt starts with turn 1's prompt and answer; every prompt starts with the system
+    text). Not with drafters that read the target's hidden states (EAGLE-3), which need
+    them for the whole prompt.
     """
 
     def __init__(
@@ -133,7 +141,8 @@ class SpeculativeDecoder:
         self.captured = tuple(getattr(self.drafter, "captured_layers", ()))
         self.waiting: deque[Row] = deque()
         self.running: dict[int, Row] = {}  # slot -> row
-        self.free = list(range(batch_size))  # a heap: the lowest free slot is taken first
+        self.free = list(range(batch_size))  # sorted
+        self.cached: dict[int, list[int]] = {}  # free slot -> tokens of its valid KV rows
 
     @property
     def busy(self) -> bool:
@@ -170,7 +179,7 @@ class SpeculativeDecoder:
         joining = []
         while self.waiting and self.free:
             row = self.waiting.popleft()
-            row.slot = heapq.heappop(self.free)
+            row.slot, row.reused = self._take_slot(row.prompt)
             self.running[row.slot] = row
             joining.append(row)
         if joining:
@@ -180,6 +189,20 @@ class SpeculativeDecoder:
         if decoding:
             finished += self._guarded(decoding, self._decode)
         return finished
+
+    def _take_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """The free slot holding the longest prefix of `prompt` (the lowest on ties), and
+        how many of its rows to keep (all but the prompt's last token at most: the prefill
+        must feed one token to get the next one's logits)."""
+        best, keep = self.free[0], 0
+        if not self.captured:
+            for slot in self.free:
+                common = len(os.path.commonprefix([self.cached.get(slot, []), prompt]))
+                if common > keep:
+                    best, keep = slot, common
+        self.free.remove(best)
+        self.cached.pop(best, None)
+        return best, min(keep, len(prompt) - 1)
 
     def _guarded(self, rows: list[Row], work: Callable[[list[Row]], list[Row]]) -> list[Row]:
         """A fault in a batched forward fails every row in it, and only those."""
@@ -196,18 +219,18 @@ class SpeculativeDecoder:
         """One pass over the joining prompts yields each one's first token (a step of 1,
         flagged as the prefill)."""
         for row in rows:
-            self.lm.cache.reset(row.slot)
+            self.lm.cache.reset(row.slot, row.reused)
             self.drafter.release(row.slot)
         slots = [row.slot for row in rows]
-        logits, hidden = self.lm.forward(slots, [row.prompt for row in rows], self.captured,
-                                         last_only=True)  # fmt: skip
+        fed = [row.prompt[row.reused :] for row in rows]
+        logits, hidden = self.lm.forward(slots, fed, self.captured, last_only=True)
         finished = []
         for r, row in enumerate(rows):
-            self.lm.cache.commit(row.slot, len(row.prompt))
+            self.lm.cache.commit(row.slot, len(fed[r]))
             temperature = row.sampling.temperature
             _, first = verify(logits[r][-1:], Proposal([]), temperature, row.generator)
-            row.seen = DraftInputs(0, None if hidden is None else hidden[r], temperature,
-                                   row.generator)  # fmt: skip
+            row.seen = DraftInputs(row.reused, None if hidden is None else hidden[r],
+                                   temperature, row.generator)  # fmt: skip
             row.ttft_s = time.perf_counter() - row.submitted
             if self._emit(row, [first], 0):
                 finished.append(row)
@@ -272,7 +295,10 @@ class SpeculativeDecoder:
         if self.running.get(row.slot) is row:
             del self.running[row.slot]
             self.drafter.release(row.slot)
-            heapq.heappush(self.free, row.slot)
+            bisect.insort(self.free, row.slot)
+            if row.error is None:  # a failed forward may have left its rows half written
+                context = row.prompt + row.out
+                self.cached[row.slot] = context[: self.lm.cache.lengths[row.slot]]
 
     def generate(
         self,
