@@ -100,6 +100,22 @@ BATCH_MAX_TOKENS = [24, 10, 17, 20, 5]
 KINDS = ["ngram", "draft_model_twin", "draft_model_other", "eagle3"]
 
 
+class RecordingBatch:
+    """Wraps a batch drafter; maps each (context, k) it was asked for to its drafts."""
+
+    def __init__(self, inner):
+        self.inner, self.drafts = inner, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def propose_batch(self, requests):
+        proposals = self.inner.propose_batch(requests)
+        for request, proposal in zip(requests, proposals):
+            self.drafts[tuple(request.context), request.k] = proposal.tokens
+        return proposals
+
+
 def decode_together(target, drafter, temperature=0.0, k=3):
     """Every BATCH_PROMPTS turn through one decoder of batch size 3; per turn (tokens,
     steps, drafted). Turn i samples with seed 10 + i."""
@@ -117,12 +133,15 @@ def decode_together(target, drafter, temperature=0.0, k=3):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_turns_decoded_together_equal_each_turn_alone(kind, target, head):
-    """Lossless per row, and each row drafts and accepts what it does at batch size 1."""
-    together = decode_together(target, make_drafter(kind, target, head, slots=3))
-    alone = make_drafter(kind, target, head)
+    """Lossless per row, and each row drafts (the very tokens) and accepts what it does at
+    batch size 1."""
+    batched = RecordingBatch(make_drafter(kind, target, head, slots=3))
+    together = decode_together(target, batched)
+    alone = RecordingBatch(make_drafter(kind, target, head))
     for prompt, max_tokens, row in zip(BATCH_PROMPTS, BATCH_MAX_TOKENS, together):
         assert row[0] == greedy(target, prompt, max_tokens)
         assert row == decode(target, alone, prompt, max_tokens=max_tokens)
+    assert batched.drafts == alone.drafts
     assert any(d > 0 for _, _, drafted in together for d in drafted)
 
 
@@ -140,8 +159,8 @@ def test_sampled_turns_decoded_together_follow_their_own_seeds(kind, target, hea
 def test_a_batch_drafts_k_tokens_in_k_forwards(kind, target, head):
     """Rows in any slot order, asking for different k (0 included): one forward per draft
     position for all rows, and each row's proposal is the one it gets alone."""
-    contexts = [[*PROMPTS[0], 20], [*PROMPTS[1], 4], [0, 7, 30, 2]]
-    ks, slots = [3, 1, 0], [2, 0, 1]
+    contexts = [[*PROMPTS[0], 20], [0, 3, 3, 8, 4], [0, 7, 30, 2], [0, 9, 9, 14, 2, 6, 60]]
+    ks, slots = [3, 1, 0, 2], [2, 0, 3, 1]
 
     def inputs(context):
         if kind != "eagle3":
@@ -149,7 +168,7 @@ def test_a_batch_drafts_k_tokens_in_k_forwards(kind, target, head):
         out = target(input_ids=torch.tensor([context[:-1]]), output_hidden_states=True)
         return DraftInputs(0, torch.cat([out.hidden_states[i][0] for i in (2, 4, 5)], -1))
 
-    drafter = make_drafter(kind, target, head, slots=3)
+    drafter = make_drafter(kind, target, head, slots=4)
     network = drafter.head if kind == "eagle3" else drafter.lm.model
     forwards = []
     hook = network.register_forward_hook(lambda *_: forwards.append(1))
