@@ -80,21 +80,25 @@ def main() -> None:
             cache.crop(-(1 + args.k))
 
         h, n = t.hidden_size, args.context
-        kv_heads, head_dim = t.num_key_value_heads, h // heads
-        kv = (torch.randn(kv_heads, n, head_dim), torch.randn(kv_heads, n, head_dim))
+        head_kv = head.slot_cache(1)  # the head's KV: one slot holding n random context rows
+        head_kv.begin([0], [n])
+        head_kv.update(*(torch.randn(1, head_kv.shape[1], n, head_kv.shape[2]) for _ in "kv"), 0)
+        head_kv.commit(0, n)
         embed = target.get_input_embeddings()
-        token = torch.randint(0, t.vocab_size, (1,))
-        g = torch.randn(1, h)
-        rows = torch.randint(0, t.vocab_size, (1 + args.k,))
-        states = torch.randn(1 + args.k, len(captured) * h)
+        token = torch.randint(0, t.vocab_size, (1, 1))
+        g = torch.randn(1, 1, h)
+        rows = torch.randint(0, t.vocab_size, (1, 1 + args.k))
+        states = torch.randn(1, 1 + args.k, len(captured) * h)
 
-        def draft_step():
-            logits, _, _ = head(embed(token), g, torch.tensor([n]), kv)
+        def draft_step():  # nothing is committed: the cache stays at n rows
+            mask, positions = head_kv.begin([0], [1])
+            logits, _ = head(embed(token), g, positions, mask, head_kv, torch.tensor([0]))
             logits.argmax(-1)
 
         def context_step():
             f = head.fuse(states)
-            head(embed(rows), f, torch.arange(n, n + 1 + args.k), kv)
+            mask, positions = head_kv.begin([0], [1 + args.k])
+            head(embed(rows), f, positions, mask, head_kv, torch.tensor([args.k]))
 
         target_ms = median_ms(target_step, args.repeats)
         draft_ms = median_ms(draft_step, args.repeats)

@@ -1,7 +1,8 @@
 """The speculative loop with every drafter kind on a tiny random target: lossless against
 plain greedy decoding; a draft model identical to the target accepted on every draft; the
 EAGLE-3 drafter's incremental proposals (KV cache rolled back after every verification)
-equal proposals computed from scratch; configs and vocabulary checks."""
+equal proposals computed from scratch; turns decoded together draft exactly as each would
+alone, in k batched forwards of the draft network; configs and vocabulary checks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bench.engines import SamplingParams
 from bench.engines.drafters import (
     DraftInputs,
     DraftModelDrafter,
+    DraftRequest,
     Eagle3Drafter,
     NgramDrafter,
     check_same_vocabulary,
@@ -57,14 +59,16 @@ def decode(target, drafter, prompt, k=3, max_tokens=24, temperature=0.0, seed=0)
     return tokens, steps, drafted
 
 
-def make_drafter(kind, target, head):
+def make_drafter(kind, target, head, slots=1):
     if kind == "ngram":
         return NgramDrafter(NgramDrafterConfig())
     if kind == "draft_model_twin":  # the target's exact copy
-        return DraftModelDrafter(tiny_target(vocab=64, layers=8, hidden=32, seed=0, scale=4.0), 64)
+        twin = tiny_target(vocab=64, layers=8, hidden=32, seed=0, scale=4.0)
+        return DraftModelDrafter(twin, 64, slots)
     if kind == "draft_model_other":
-        return DraftModelDrafter(tiny_target(vocab=64, layers=2, hidden=16, seed=7, scale=4.0), 64)
-    return Eagle3Drafter(head, target.get_input_embeddings())
+        other = tiny_target(vocab=64, layers=2, hidden=16, seed=7, scale=4.0)
+        return DraftModelDrafter(other, 64, slots)
+    return Eagle3Drafter(head, target.get_input_embeddings(), slots)
 
 
 @pytest.mark.parametrize("kind", ["ngram", "draft_model_twin", "draft_model_other", "eagle3"])
@@ -84,6 +88,99 @@ def test_identical_draft_model_is_accepted_on_every_draft(target, head):
     full = [e for e, d in zip(steps[1:], drafted[1:]) if d == 3]
     assert full and all(e == 4 for e in full)
     assert [e for e, d in zip(steps[1:], drafted[1:])] == [d + 1 for d in drafted[1:]]
+
+
+# Turns of different lengths and budgets, more than the batch holds: they join as others
+# leave, and reuse the slots freed.
+BATCH_PROMPTS = [
+    PROMPTS[0], PROMPTS[1], [0, 22, 40], [0, 11, 50, 11, 50, 11, 6, 19, 27, 11, 50, 60, 3],
+    [0, 44, 2, 9, 13, 44],
+]  # fmt: skip
+BATCH_MAX_TOKENS = [24, 10, 17, 20, 5]
+KINDS = ["ngram", "draft_model_twin", "draft_model_other", "eagle3"]
+
+
+class RecordingBatch:
+    """Wraps a batch drafter; maps each (context, k) it was asked for to its drafts."""
+
+    def __init__(self, inner):
+        self.inner, self.drafts = inner, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def propose_batch(self, requests):
+        proposals = self.inner.propose_batch(requests)
+        for request, proposal in zip(requests, proposals):
+            self.drafts[tuple(request.context), request.k] = proposal.tokens
+        return proposals
+
+
+def decode_together(target, drafter, temperature=0.0, k=3):
+    """Every BATCH_PROMPTS turn through one decoder of batch size 3; per turn (tokens,
+    steps, drafted). Turn i samples with seed 10 + i."""
+    decoder = SpeculativeDecoder(target, drafter, {STOP}, batch_size=3)
+    rows = [
+        decoder.submit(prompt, SamplingParams(temperature=temperature, max_tokens=m,
+                                              draft_len=k, seed=10 + i))
+        for i, (prompt, m) in enumerate(zip(BATCH_PROMPTS, BATCH_MAX_TOKENS))
+    ]  # fmt: skip
+    while decoder.busy:
+        decoder.step()
+    assert all(row.error is None for row in rows)
+    return [(row.out, row.steps, row.drafted) for row in rows]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_turns_decoded_together_equal_each_turn_alone(kind, target, head):
+    """Lossless per row, and each row drafts (the very tokens) and accepts what it does at
+    batch size 1."""
+    batched = RecordingBatch(make_drafter(kind, target, head, slots=3))
+    together = decode_together(target, batched)
+    alone = RecordingBatch(make_drafter(kind, target, head))
+    for prompt, max_tokens, row in zip(BATCH_PROMPTS, BATCH_MAX_TOKENS, together):
+        assert row[0] == greedy(target, prompt, max_tokens)
+        assert row == decode(target, alone, prompt, max_tokens=max_tokens)
+    assert batched.drafts == alone.drafts
+    assert any(d > 0 for _, _, drafted in together for d in drafted)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampled_turns_decoded_together_follow_their_own_seeds(kind, target, head):
+    together = decode_together(target, make_drafter(kind, target, head, slots=3), 1.0)
+    alone = make_drafter(kind, target, head)
+    for i, (prompt, max_tokens, row) in enumerate(zip(BATCH_PROMPTS, BATCH_MAX_TOKENS, together)):
+        assert row == decode(target, alone, prompt, max_tokens=max_tokens, temperature=1.0,
+                             seed=10 + i)  # fmt: skip
+    assert together != decode_together(target, make_drafter(kind, target, head, slots=3))
+
+
+@pytest.mark.parametrize("kind", ["draft_model_other", "eagle3"])
+def test_a_batch_drafts_k_tokens_in_k_forwards(kind, target, head):
+    """Rows in any slot order, asking for different k (0 included): one forward per draft
+    position for all rows, and each row's proposal is the one it gets alone."""
+    contexts = [[*PROMPTS[0], 20], [0, 3, 3, 8, 4], [0, 7, 30, 2], [0, 9, 9, 14, 2, 6, 60]]
+    ks, slots = [3, 1, 0, 2], [2, 0, 3, 1]
+
+    def inputs(context):
+        if kind != "eagle3":
+            return DraftInputs()
+        out = target(input_ids=torch.tensor([context[:-1]]), output_hidden_states=True)
+        return DraftInputs(0, torch.cat([out.hidden_states[i][0] for i in (2, 4, 5)], -1))
+
+    drafter = make_drafter(kind, target, head, slots=4)
+    network = drafter.head if kind == "eagle3" else drafter.lm.model
+    forwards = []
+    hook = network.register_forward_hook(lambda *_: forwards.append(1))
+    requests = [DraftRequest(s, c, k, inputs(c)) for s, c, k in zip(slots, contexts, ks)]
+    with torch.no_grad():
+        proposals = drafter.propose_batch(requests)
+        hook.remove()
+        assert len(forwards) == max(ks)  # the context step, then one per later draft
+        assert [len(p.tokens) for p in proposals] == ks
+        for context, k, proposal in zip(contexts, ks, proposals):
+            fresh = make_drafter(kind, target, head)
+            assert fresh.propose(context, k, inputs(context)).tokens == proposal.tokens
 
 
 class Recording:

@@ -3,8 +3,11 @@
 The engine decodes many turns at once, each in a numbered slot, and talks to a
 `BatchDrafter`: `propose_batch(requests)` (one `DraftRequest` per row in flight: slot,
 context, k, inputs), `accept_batch({slot: accepted})` after verification, `release(slot)`
-when a turn leaves its slot. A drafter written for one sequence (`Drafter`, below) runs
-unchanged at batch size 1 through `as_batch_drafter`.
+when a turn leaves its slot. The model drafters keep one slot of draft KV cache per turn
+and draft for all rows together: k draft tokens cost about k batched forwards of the
+draft network, whatever the number of rows (`draft_rows`). A drafter written for one
+sequence (`Drafter`, below) runs unchanged at batch size 1 through `as_batch_drafter`;
+the built-in ones also answer the one-sequence calls, as a batch of one.
 
 The one-sequence interface is two calls per decoding step:
 
@@ -26,6 +29,7 @@ tokenizer).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,6 +130,12 @@ class OneRow:
 
 def as_batch_drafter(drafter: Drafter | BatchDrafter, batch_size: int) -> BatchDrafter:
     if hasattr(drafter, "propose_batch"):
+        slots = getattr(drafter, "slots", batch_size)  # the model drafters' caches have slots
+        if slots < batch_size:
+            raise BenchError(
+                f"the {type(drafter).__name__} drafter has {slots} slots for a batch of "
+                f"{batch_size}; build it with slots={batch_size}"
+            )
         return drafter  # type: ignore[return-value]
     if batch_size == 1:
         return OneRow(drafter)  # type: ignore[arg-type]
@@ -184,123 +194,218 @@ def pick(logits: Any, inputs: DraftInputs) -> tuple[Any, Any | None]:
     return torch.multinomial(q.cpu(), 1, generator=inputs.generator)[0].to(q.device), q
 
 
+def draft_rows(
+    ks: list[int],
+    inputs: list[DraftInputs],
+    logits: Any,
+    feed: Callable[[list[int], Any], Any],
+) -> list[tuple[list[int], list[Any]]]:
+    """Up to ks[r] draft tokens for each row of a batch, one batched `feed` per draft
+    position (so k positions cost k − 1 forwards whatever the number of rows).
+
+    logits: [R, V'] each row's next-token logits after its context. Each row picks from its
+    own (`pick`, with its own temperature and generator); `feed(rows, tokens)` runs the draft
+    network on one token [len(rows)] for each of `rows` (indices into the batch: those that
+    still draft) and returns their next logits. Returns per row its draft ids (in the
+    network's vocabulary) and the distributions they were drawn from (None when greedy).
+    """
+    drafts: list[tuple[list[int], list[Any]]] = [([], []) for _ in ks]
+    active = [r for r, k in enumerate(ks) if k > 0]
+    logits = logits[active]
+    while active:
+        tokens = logits.argmax(dim=-1)  # [A]
+        for j, r in enumerate(active):
+            q = None
+            if inputs[r].temperature > 0:
+                tokens[j], q = pick(logits[j], inputs[r])
+            drafts[r][1].append(q)
+        for r, token in zip(active, tokens.tolist()):
+            drafts[r][0].append(token)
+        # Rows with drafts still to make feed theirs; each row's last draft is verified by
+        # the target, never fed.
+        keep = [j for j, r in enumerate(active) if ks[r] > len(drafts[r][0])]
+        active = [active[j] for j in keep]
+        if active:
+            logits = feed(active, tokens[keep])
+    return drafts
+
+
+def stacked(probs: list[Any]) -> Any | None:
+    """[k, V'] from k distributions; None for greedy drafts (or none at all)."""
+    return torch.stack(probs) if probs and probs[0] is not None else None
+
+
+class OneSequence:
+    """The one-sequence `Drafter` calls of a `BatchDrafter`: a batch of one, in slot 0."""
+
+    def propose(self, context: list[int], k: int, inputs: DraftInputs | None = None) -> Proposal:
+        request = DraftRequest(0, context, k, inputs or DraftInputs())
+        return self.propose_batch([request])[0]  # type: ignore[attr-defined]
+
+    def accept(self, accepted: int) -> None:
+        self.accept_batch({0: accepted})  # type: ignore[attr-defined]
+
+
 def cache_argument(model: Any) -> str:
     """transformers renamed `past_key_values` to `cache` (5.x); the name this one takes."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-class DraftModelDrafter:
+class DraftModelDrafter(OneSequence):
     """A smaller causal LM with the target's tokenizer, drafting k tokens one at a time over
-    its own KV cache, which holds the accepted context plus its pending drafts."""
+    its own slot KV cache (bench/engines/batching.py): per slot, the accepted context plus
+    its pending drafts. A batch feeds every row its uncached context in one forward, then
+    one token per row and forward."""
 
     captured_layers: tuple[int, ...] = ()
 
-    def __init__(self, model: Any, target_vocab_size: int) -> None:
-        self.model = model
-        self.vocab = target_vocab_size
-        self.device = next(model.parameters()).device
-        self._cache_arg = cache_argument(model)
-        self.cache: Any = None
-        self.cached: list[int] = []  # the tokens whose rows the cache holds
-        self.context_rows = 0
+    def __init__(self, model: Any, target_vocab_size: int, slots: int = 1) -> None:
+        from bench.engines.batching import BatchedLM
 
-    def _logits(self, tokens: list[int]) -> Any:
-        ids = torch.tensor([tokens], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: self.cache})
-        self.cached += tokens
-        logits = out.logits[0, -1, : self.vocab]  # a padded draft vocabulary is cut to the target's
-        if logits.shape[0] < self.vocab:  # and a shorter one cannot propose the missing ids
+        self.lm = BatchedLM(model, slots, cache_argument(model))
+        self.vocab = target_vocab_size
+        self.slots = slots
+        self.cached: list[list[int]] = [[] for _ in range(slots)]  # tokens whose rows it holds
+        self.context_rows = [0] * slots
+
+    def _feed(self, slots: list[int], blocks: list[list[int]]) -> Any:
+        """Feed blocks[r] after slot r's cached rows; the next-token logits [R, V]."""
+        logits, _ = self.lm.forward(slots, blocks, last_only=True)
+        for slot, block in zip(slots, blocks):
+            self.lm.cache.commit(slot, len(block))
+            self.cached[slot] += block
+        logits = torch.cat(logits)[:, : self.vocab]  # a padded draft vocabulary is cut
+        if logits.shape[1] < self.vocab:  # and a shorter one cannot propose the missing ids
             logits = torch.nn.functional.pad(
-                logits, (0, self.vocab - logits.shape[0]), value=-torch.inf
+                logits, (0, self.vocab - logits.shape[1]), value=-torch.inf
             )
         return logits
 
-    def propose(self, context: list[int], k: int, inputs: DraftInputs | None = None) -> Proposal:
-        from transformers import DynamicCache
+    def _cut(self, slot: int, keep: int) -> None:
+        self.lm.cache.reset(slot, keep)
+        del self.cached[slot][keep:]
 
-        inputs = inputs or DraftInputs()
-        if k <= 0:
-            return Proposal([])
-        # Keep the cached rows the context still starts with (a new turn keeps none).
-        keep = 0
-        for a, b in zip(self.cached, context[:-1]):
-            if a != b:
-                break
-            keep += 1
-        if keep == 0:
-            self.cache, self.cached = DynamicCache(), []
-        elif keep < len(self.cached):
-            self.cache.crop(-(len(self.cached) - keep))
-            self.cached = self.cached[:keep]
-        self.context_rows = len(context)
-        logits = self._logits(context[keep:])
-        tokens, probs = [], []
-        for i in range(k):
-            token, q = pick(logits, inputs)
-            tokens.append(int(token))
-            probs.append(q)
-            if i < k - 1:  # the last draft is verified, never fed
-                logits = self._logits([tokens[-1]])
-        return Proposal(tokens, None if probs[0] is None else torch.stack(probs))
+    def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
+        proposals = [Proposal([])] * len(requests)
+        order = sorted(
+            (i for i, r in enumerate(requests) if r.k > 0), key=lambda i: requests[i].slot
+        )
+        if not order:
+            return proposals
+        rows = [requests[i] for i in order]  # ascending slots, as the cache wants
+        blocks = []
+        for row in rows:
+            # Keep the cached rows the context still starts with (a new turn keeps none).
+            keep = 0
+            for a, b in zip(self.cached[row.slot], row.context[:-1]):
+                if a != b:
+                    break
+                keep += 1
+            self._cut(row.slot, keep)
+            self.context_rows[row.slot] = len(row.context)
+            blocks.append(row.context[keep:])
+        slots = [row.slot for row in rows]
+        logits = self._feed(slots, blocks)  # ragged: each row's uncached context
 
-    def accept(self, accepted: int) -> None:
-        # Rows of accepted drafts stay valid; later ones leave.
-        keep = min(self.context_rows + accepted, len(self.cached))
-        if self.cache is not None and keep < len(self.cached):
-            self.cache.crop(-(len(self.cached) - keep))
-            self.cached = self.cached[:keep]
+        def feed(active: list[int], tokens: Any) -> Any:
+            return self._feed([slots[r] for r in active], [[t] for t in tokens.tolist()])
+
+        drafts = draft_rows([r.k for r in rows], [r.inputs for r in rows], logits, feed)
+        for i, (tokens, probs) in zip(order, drafts):
+            proposals[i] = Proposal(tokens, stacked(probs))
+        return proposals
+
+    def accept_batch(self, accepted: dict[int, int]) -> None:
+        for slot, n in accepted.items():
+            # Rows of accepted drafts stay valid; later ones leave.
+            self._cut(slot, min(self.context_rows[slot] + n, len(self.cached[slot])))
+
+    def release(self, slot: int) -> None:
+        self._cut(slot, 0)
+        self.context_rows[slot] = 0
 
 
-class Eagle3Drafter:
+class Eagle3Drafter(OneSequence):
     """An EAGLE-3 head: a context step over the rows the target just verified (their
-    captured states through fc), then k draft steps feeding back the head's own output."""
+    captured states through fc), then k draft steps feeding back the head's own output.
+    The head's KV lives in a slot cache, one slot per turn; a batch runs every row's context
+    step in one forward, then one draft step for all rows per draft position."""
 
-    def __init__(self, head: Any, target_embedding: Any) -> None:
+    def __init__(self, head: Any, target_embedding: Any, slots: int = 1) -> None:
         self.head = head
         self.embed = head.embed_tokens if head.embed_tokens is not None else target_embedding
         self.captured_layers = head.spec.captured_layers
         self.vocab = head.spec.vocab_size
-        self.kv: tuple[Any, Any] | None = None
-        self.context_rows = 0  # draft-cache rows that belong to the accepted context
+        self.slots = slots
+        self.cache = head.slot_cache(slots)
+        self.context_rows = [0] * slots  # per slot, cache rows that belong to the context
 
-    def _crop(self, rows: int) -> None:
-        if self.kv is not None:
-            self.kv = (self.kv[0][:, :rows], self.kv[1][:, :rows])
+    def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
+        if not requests:
+            return []
+        order = sorted(range(len(requests)), key=lambda i: requests[i].slot)
+        rows = [requests[i] for i in order]  # ascending slots, as the cache wants
+        for row in rows:
+            if row.inputs.hidden is None:
+                raise BenchError("the eagle3 drafter needs the target's hidden states")
+            start, n = row.inputs.start, row.inputs.hidden.shape[0]
+            if start > self.context_rows[row.slot] or start + n + 1 != len(row.context):
+                raise RuntimeError(
+                    f"eagle3 rows out of step: {start}+{n} for {len(row.context)} tokens"
+                )
+            self.cache.reset(row.slot, start)  # a new turn starts at 0
+        slots = [row.slot for row in rows]
+        widths = [row.inputs.hidden.shape[0] for row in rows]
+        device = rows[0].inputs.hidden.device
+        pad = torch.nn.utils.rnn.pad_sequence
+        # Context step: the state at position t is paired with token t + 1, RoPE position t
+        # (the slot's length, `start`, onwards: cache.begin's positions).
+        tokens = pad(
+            [torch.tensor(r.context[r.inputs.start + 1 :]) for r in rows], batch_first=True
+        )
+        hidden = pad([r.inputs.hidden for r in rows], batch_first=True)  # [R, q, C·H_target]
+        mask, positions = self.cache.begin(slots, widths)
+        last = torch.tensor(widths, device=device) - 1
+        f = self.head.fuse(hidden)  # [R, q, H]
+        logits, g = self.head(self.embed(tokens.to(device)), f, positions, mask, self.cache, last)
+        for slot, n in zip(slots, widths):
+            self.cache.commit(slot, n)
+            self.context_rows[slot] = self.cache.lengths[slot]
 
-    def propose(self, context: list[int], k: int, inputs: DraftInputs | None = None) -> Proposal:
-        if inputs is None or inputs.hidden is None:
-            raise BenchError("the eagle3 drafter needs the target's hidden states")
-        start, n = inputs.start, inputs.hidden.shape[0]
-        if start > self.context_rows or start + n + 1 != len(context):
-            raise RuntimeError(f"eagle3 rows out of step: {start}+{n} for {len(context)} tokens")
-        self._crop(start)  # a new turn starts at 0
-        device = inputs.hidden.device
-        # Context step: the state at position t is paired with token t + 1, RoPE position t.
-        tokens = torch.tensor(context[start + 1 :], device=device)  # [n]
-        positions = torch.arange(start, start + n, device=device)  # [n]
-        f = self.head.fuse(inputs.hidden)  # [n, C·H_target] → [n, H]
-        logits, g, self.kv = self.head(self.embed(tokens), f, positions, self.kv)
-        self.context_rows = start + n
-        drafts, probs = [], []
-        logits, g = logits[-1], g[-1:]  # [V_draft], [1, H]
-        for i in range(k):
-            draft_id, q = pick(logits, inputs)
-            token = self.head.target_ids(draft_id)
-            drafts.append(int(token))
-            if q is not None:  # the draft distribution, moved onto target ids
-                probs.append(torch.zeros(self.vocab, device=q.device).index_add_(
-                    0, self.head.target_ids(torch.arange(q.shape[0], device=q.device)), q
-                ))  # fmt: skip
-            if i < k - 1:  # later steps feed back g (no fc) at the next position
-                position = torch.tensor([start + n + i], device=device)
-                logits, g, self.kv = self.head(self.embed(token[None]), g, position, self.kv)
-                logits = logits[-1]
-        return Proposal(drafts, torch.stack(probs) if probs else None)
+        def feed(active: list[int], draft_ids: Any) -> Any:
+            """Later steps feed back g (no fc) at the next position; the draft rows stay in
+            the cache until `accept_batch`."""
+            active_slots = [slots[r] for r in active]
+            mask, positions = self.cache.begin(active_slots, [1] * len(active))
+            embeds = self.embed(self.head.target_ids(draft_ids))[:, None]  # [A, 1, H]
+            zeros = torch.zeros(len(active), dtype=torch.long, device=device)
+            logits, g_next = self.head(embeds, g[active, None], positions, mask, self.cache, zeros)
+            g[active] = g_next  # each row's newest g, for its next draft step
+            for slot in active_slots:
+                self.cache.commit(slot, 1)
+            return logits
 
-    def accept(self, accepted: int) -> None:
+        drafts = draft_rows([r.k for r in rows], [r.inputs for r in rows], logits, feed)
+        proposals = [Proposal([])] * len(requests)
+        to_target = self.head.target_ids(
+            torch.arange(self.head.spec.draft_vocab_size, device=device)
+        )
+        for i, (ids, probs) in zip(order, drafts):
+            q = stacked(probs)  # [k, V_draft]: moved onto target ids
+            if q is not None:
+                q = torch.zeros(len(ids), self.vocab, device=q.device).index_add_(1, to_target, q)
+            proposals[i] = Proposal(to_target[ids].tolist() if ids else [], q)
+        return proposals
+
+    def accept_batch(self, accepted: dict[int, int]) -> None:
         # Draft rows were computed from the head's own g, not the target's states: drop them
         # all; the next propose reruns the accepted ones as context rows.
-        self._crop(self.context_rows)
+        for slot in accepted:
+            self.cache.reset(slot, self.context_rows[slot])
+
+    def release(self, slot: int) -> None:
+        self.cache.reset(slot)
+        self.context_rows[slot] = 0
 
 
 def draft_model_target(config: DraftModelDrafterConfig) -> TargetConfig:
@@ -333,10 +438,11 @@ def build_drafter(
     target: Any = None,
     target_tokenizer: Any = None,
     device: str = "cpu",
-) -> tuple[Drafter, dict[str, Any]]:
+    batch_size: int = 1,
+) -> tuple[BatchDrafter, dict[str, Any]]:
     """The drafter for `config`, and what the manifest records about it (kind, checkpoint
     hash). `target` (the loaded target model) and its tokenizer are needed by the model
-    drafters, not by `ngram`."""
+    drafters, not by `ngram`; `batch_size` is how many turns the engine decodes at once."""
     if isinstance(config, NgramDrafterConfig):
         return NgramDrafter(config), config.model_dump()
     if isinstance(config, Eagle3DrafterConfig):
@@ -346,7 +452,7 @@ def build_drafter(
         info = {**config.model_dump(), "checkpoint_sha256": sha256}
         info["draft_vocab_size"] = head.spec.draft_vocab_size
         info["captured_layers"] = list(head.spec.captured_layers)
-        return Eagle3Drafter(head, target.get_input_embeddings()), info
+        return Eagle3Drafter(head, target.get_input_embeddings(), batch_size), info
     assert isinstance(config, DraftModelDrafterConfig)
     from bench.conversation import load_tokenizer
     from bench.engines.reference import load_causal_lm
@@ -355,4 +461,4 @@ def build_drafter(
     check_same_vocabulary(load_tokenizer(as_target), target_tokenizer, as_target.name)
     model, sha256 = load_causal_lm(as_target, device, role="draft model")
     info = {**config.model_dump(), "checkpoint_sha256": sha256}
-    return DraftModelDrafter(model, target.config.vocab_size), info
+    return DraftModelDrafter(model, target.config.vocab_size, batch_size), info

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.engines.batching import SlotCache, slot_attention
 from bench.errors import BenchError
 from bench.target import WEIGHT_PATTERNS, checkpoint_sha256, weight_files
 
@@ -161,7 +162,8 @@ def refuse_unsupported(config: dict[str, Any], weight_names: Any, source: str) -
 
 
 class Eagle3Layer(nn.Module):
-    """The head's decoder layer; attention over its own one-layer KV cache."""
+    """The head's decoder layer; attention over its own one-layer KV cache, one slot per
+    sequence (bench/engines/batching.py)."""
 
     def __init__(self, spec: Eagle3Spec, config: Any) -> None:
         from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
@@ -185,34 +187,29 @@ class Eagle3Layer(nn.Module):
 
     def forward(
         self,
-        embeds: torch.Tensor,  # [n, H]
-        f: torch.Tensor,  # [n, H]
-        cos_sin: tuple[torch.Tensor, torch.Tensor],  # [1, n, head_dim] each
-        kv: tuple[torch.Tensor, torch.Tensor] | None,  # [kv_heads, T, head_dim] each
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        embeds: torch.Tensor,  # [R, q, H]
+        f: torch.Tensor,  # [R, q, H]
+        cos_sin: tuple[torch.Tensor, torch.Tensor],  # [R, q, head_dim] each
+        mask: torch.Tensor,  # [R, 1, q, T] bool, from cache.begin
+        cache: SlotCache,  # one layer, begun for these rows
+    ) -> torch.Tensor:
+        """g [R, q, H] of each row's q new tokens, after its slot's earlier rows."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        attn, n = self.self_attn, embeds.shape[0]
+        attn, (rows, q_len) = self.self_attn, embeds.shape[:2]
         normed_f = self.hidden_norm(f)
         residual = normed_f if self.norm_before_residual else f
-        x = torch.cat([self.input_layernorm(embeds), normed_f], dim=-1)  # [n, 2H], embedding first
-        q = attn.q_proj(x).view(n, self.heads, self.head_dim).transpose(0, 1)  # [heads, n, d]
-        k = attn.k_proj(x).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
-        v = attn.v_proj(x).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
-        q, k = apply_rotary_pos_emb(q[None], k[None], *cos_sin)
-        q, k = q[0], k[0]
-        if kv is not None:
-            k, v = torch.cat([kv[0], k], dim=1), torch.cat([kv[1], v], dim=1)  # [kv_heads, T+n, d]
-        past = k.shape[1] - n
-        # Causal over the cache: the query at row i sees keys 0 .. past + i.
-        mask = torch.ones(n, past + n, dtype=torch.bool, device=q.device).tril(past)
-        group = self.heads // self.kv_heads
-        out = nn.functional.scaled_dot_product_attention(
-            q, k.repeat_interleave(group, 0), v.repeat_interleave(group, 0), attn_mask=mask
-        )  # [heads, n, d]
-        h = residual + attn.o_proj(out.transpose(0, 1).reshape(n, -1))  # [n, H]
-        g = h + self.mlp(self.post_attention_layernorm(h))
-        return g, (k, v)
+        x = torch.cat(
+            [self.input_layernorm(embeds), normed_f], dim=-1
+        )  # [R, q, 2H], embedding first
+        q = attn.q_proj(x).view(rows, q_len, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(rows, q_len, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(rows, q_len, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *cos_sin)  # [R, heads, q, d], [R, kv_heads, q, d]
+        k, v = cache.update(k, v, 0)  # [R, kv_heads, T, d]: the slot's rows, these included
+        out, _ = slot_attention(self, q, k, v, mask)  # causal within the slot: [R, q, heads, d]
+        h = residual + attn.o_proj(out.reshape(rows, q_len, -1))  # [R, q, H]
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class Eagle3Head(nn.Module):
@@ -254,16 +251,28 @@ class Eagle3Head(nn.Module):
 
     def forward(
         self,
-        embeds: torch.Tensor,  # [n, H] token embeddings
-        f: torch.Tensor,  # [n, H] fused target states (context rows) or own g (draft rows)
-        positions: torch.Tensor,  # [n] RoPE positions
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Returns (draft-vocab logits [n, V_draft], g to feed back [n, H], the new cache)."""
-        cos_sin = self.rotary(embeds, positions[None])
-        g, kv = self.layer(embeds, f, cos_sin, kv)
+        embeds: torch.Tensor,  # [R, q, H] token embeddings
+        f: torch.Tensor,  # [R, q, H] fused target states (context rows) or own g (draft rows)
+        positions: torch.Tensor,  # [R, q] RoPE positions, from cache.begin
+        mask: torch.Tensor,  # [R, 1, q, T], from cache.begin
+        cache: SlotCache,
+        last: torch.Tensor,  # [R] the index of each row's last real token (the rest is padding)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run each row's new tokens after its slot's cached rows (written into the cache);
+        returns, for each row's token `last[r]` only, the draft-vocab logits [R, V_draft]
+        and the g to feed back [R, H]."""
+        cos_sin = self.rotary(embeds, positions)
+        g = self.layer(embeds, f, cos_sin, mask, cache)  # [R, q, H]
+        g = g[torch.arange(g.shape[0], device=g.device), last]  # [R, H]
         normed = self.norm(g)
-        return self.lm_head(normed), normed if self.spec.norm_output else g, kv
+        return self.lm_head(normed), normed if self.spec.norm_output else g
+
+    def slot_cache(self, slots: int) -> SlotCache:
+        """An empty KV cache for this head's layer with `slots` sequences."""
+        param = self.fc.weight
+        return SlotCache(
+            1, slots, self.layer.kv_heads, self.layer.head_dim, param.dtype, param.device
+        )
 
     def target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids + self.d2t[draft_ids]

@@ -387,11 +387,9 @@ class ReferenceEngine:
         stop.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
         if not stop:
             raise BenchError(f"{config.target.name} declares no end-of-sequence token")
+        self.batch_size = engine.batch_size or default_batch_size(device)
         drafter, drafter_info = build_drafter(
-            engine.drafter, self.model, chat_format.tokenizer, device
-        )
-        self.batch_size = engine.batch_size or (
-            default_batch_size(device) if hasattr(drafter, "propose_batch") else 1
+            engine.drafter, self.model, chat_format.tokenizer, device, self.batch_size
         )
         self.decoder = SpeculativeDecoder(self.model, drafter, stop, self.batch_size)
         self._futures: dict[Row, asyncio.Future[Generation]] = {}
