@@ -209,16 +209,21 @@ class BatchedLM:
         concatenation [n_r, C·H]."""
         widths = [len(t) for t in tokens]
         q = max(widths)
-        keep: Any = 0  # transformers' logits_to_keep: 0 is every position
-        if last_only:  # the distinct last columns, computed for every row
-            columns = sorted({n - 1 for n in widths})
-            keep = torch.tensor(columns, device=self.parameter.device)
+        device = self.parameter.device
+        # transformers' logits_to_keep: the lm_head runs only where logits are used (it is
+        # a fifth of a small model's work per token, and padding can be a third of a block).
+        keep: Any = 0  # every position
+        if last_only:  # [R, 1]: each row's last token
+            keep = torch.tensor([[n - 1] for n in widths], device=device)
+        elif min(widths) < q:  # [R, q] bool: the real tokens, flattened in row order
+            keep = torch.arange(q)[None, :] < torch.tensor(widths)[:, None]
+            keep = keep.to(device)
         block = torch.zeros(len(slots), q, dtype=torch.long)  # padding: token 0, never seen
         for r, row in enumerate(tokens):
             block[r, : len(row)] = torch.tensor(row)
         mask, positions = self.cache.begin(slots, widths)
         out = self.model(
-            input_ids=block.to(self.parameter.device),
+            input_ids=block.to(device),
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
@@ -227,9 +232,11 @@ class BatchedLM:
             **{self._cache_arg: self.cache},
         )
         if last_only:
-            logits = [out.logits[r, columns.index(n - 1)][None] for r, n in enumerate(widths)]
+            logits = list(out.logits.unbind(0))  # [R, 1, V] → [1, V] each
+        elif isinstance(keep, torch.Tensor):
+            logits = list(out.logits.split(widths))  # [Σn, V] → [n_r, V] each
         else:
-            logits = [out.logits[r, :n] for r, n in enumerate(widths)]
+            logits = list(out.logits.unbind(0))  # [R, q, V], no padding
         if not captured:
             return logits, None
         states = torch.cat([out.hidden_states[i] for i in captured], dim=-1)  # [R, q, C·H]
