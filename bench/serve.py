@@ -12,8 +12,8 @@ come back per chunk with `return_token_ids: true` (vLLM's spelling) or, trtllm-s
 Concurrent requests are decoded together: each awaits the reference engine's `generate`
 on the server's event loop, and the engine's continuous batching puts every turn in flight
 into the same forwards (up to its batch size; the rest wait for a free row). A client that
-goes away frees its row at the next step. A small model with real speculative decoding on
-a laptop, and the real server the `openai` engine is tested against.
+goes away frees its row within a step or two. A small model with real speculative decoding
+on a laptop, and the real server the `openai` engine is tested against.
 
 `/metrics` has one entry per target forward, built from the decoder's own count of it
 (`IterationStats`): `numActiveRequests` is the rows in that forward, `specDecodingStats`
@@ -128,12 +128,12 @@ class Service:
         return taken
 
     async def steps(
-        self, prompt_ids: list[int], sampling: SamplingParams
+        self, prompt_ids: list[int], sampling: SamplingParams, gone: asyncio.Event | None = None
     ) -> AsyncIterator[list[int] | Generation]:
         """The tokens of each decoding iteration as it happens, then the Generation.
 
-        Closing this generator early (the client went away) cancels the turn, which frees
-        its row in the engine's batch."""
+        Setting `gone` (the client went away) or closing this generator early cancels the
+        turn, which frees its row in the engine's batch."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         def finished(task: asyncio.Task[Generation]) -> None:
@@ -146,6 +146,8 @@ class Service:
 
         task = asyncio.ensure_future(self.engine.generate(prompt_ids, sampling, on_step))
         task.add_done_callback(finished)
+        watch = asyncio.ensure_future((gone or asyncio.Event()).wait())
+        watch.add_done_callback(lambda _: task.cancel())
         try:
             while True:
                 item = await queue.get()
@@ -155,6 +157,7 @@ class Service:
                 yield item
         finally:
             task.cancel()  # a no-op once the turn is done
+            watch.cancel()
 
 
 @dataclass
@@ -205,11 +208,25 @@ def create_app(service: Service) -> Any:
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
     app = FastAPI(title="bench serve", version=__version__)
+    app.state.service = service
 
-    class ClosingStreamingResponse(StreamingResponse):
-        """Closes its body however the response ends. On a disconnect Starlette may abandon
-        the body mid-`yield`; closing it is what cancels the turn (and frees its row) now
-        rather than whenever the garbage collector gets to it."""
+    class EventStream(StreamingResponse):
+        """A streamed turn that stops decoding as soon as its client goes away.
+
+        Starlette's own reaction to a disconnect is to cancel the task that iterates the
+        body, and that cancellation can be put off for the whole turn: the engine steps on
+        this loop and hands the body a new item every step, so the body is never found
+        waiting. Setting `gone` instead cancels the turn directly, which frees its row
+        within a step or two; and the body is closed however the response ends (a server
+        that reports a disconnect as a failed send abandons it mid-`yield`)."""
+
+        def __init__(self, content: AsyncIterator[str], gone: asyncio.Event) -> None:
+            super().__init__(content, media_type="text/event-stream")
+            self.gone = gone
+
+        async def listen_for_disconnect(self, receive: Any) -> None:
+            await super().listen_for_disconnect(receive)
+            self.gone.set()
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             try:
@@ -264,14 +281,16 @@ def create_app(service: Service) -> Any:
         usage_each = bool(options and options.include_usage and options.continuous_usage_stats)
         usage_end = bool(options and options.include_usage)
 
+        gone = asyncio.Event()
+
         async def events() -> AsyncIterator[str]:
             for choice in first_chunks:
                 usage = {**turn.usage(), "completion_tokens": 0} if usage_each else None
                 yield _sse({**header, "choices": [choice], "usage": usage})
-            async with aclosing(service.steps(prompt_ids, params)) as items:
+            async with aclosing(service.steps(prompt_ids, params, gone)) as items:
                 async for item in items:
                     if isinstance(item, Generation):
-                        continue  # the iteration statistics are recorded; [DONE] follows
+                        continue  # [DONE] follows
                     delta, finish = turn.advance(item)
                     choice = make_choice(turn, delta, item, finish)
                     yield _sse({**header, "choices": [choice],
@@ -281,7 +300,7 @@ def create_app(service: Service) -> Any:
             yield "data: [DONE]\n\n"
 
         if stream:
-            return ClosingStreamingResponse(events(), media_type="text/event-stream")
+            return EventStream(events(), gone)
         finish = None
         async with aclosing(service.steps(prompt_ids, params)) as items:
             async for item in items:
