@@ -9,21 +9,31 @@ reject unknown fields and an omitted `temperature` means 1.0, as on trtllm-serve
 come back per chunk with `return_token_ids: true` (vLLM's spelling) or, trtllm-serve's,
 `detokenize: false` (then the text is empty).
 
-It serves one request at a time (batching is not implemented): a small model with real
-speculative decoding on a laptop, and the real server the `openai` engine is tested
-against.
+Concurrent requests are decoded together: each awaits the reference engine's `generate`
+on the server's event loop, and the engine's continuous batching puts every turn in flight
+into the same forwards (up to its batch size; the rest wait for a free row). A client that
+goes away frees its row within a step or two. A small model with real speculative decoding
+on a laptop, and the real server the `openai` engine is tested against.
+
+`/metrics` has one entry per target forward, built from the decoder's own count of it
+(`IterationStats`): `numActiveRequests` is the rows in that forward, `specDecodingStats`
+sums drafts and accepted drafts over them as trtllm-serve does (`acceptanceLength` is
+(accepted + rows with drafts) / rows with drafts, 0.0 when no row drafted), and
+`inflightBatchingStats` says whether the forward was a prefill (`numContextRequests`) or a
+speculative step (`numGenRequests`). A prefill forward emits each joining row's first token
+and drafts nothing: all its spec-decoding counts are 0. A turn streams exactly one chunk per
+forward it takes part in, so at concurrency 1 a turn's entries are its steps, prefill first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +41,9 @@ from bench import __version__
 from bench.engines import SamplingParams
 from bench.errors import BenchError
 from bench.records import Generation
+
+if TYPE_CHECKING:
+    from bench.engines.reference import IterationStats
 
 
 class _Request(BaseModel):
@@ -73,81 +86,78 @@ class ChatRequest(_Common):
     chat_template_kwargs: dict[str, Any] | None = None
 
 
-class _Cancelled(Exception):
-    """The client went away; the decoder stops at its next step."""
-
-
 @dataclass
 class Service:
-    """The reference engine behind a lock, with trtllm-serve's iteration statistics."""
+    """The reference engine shared by every request, with trtllm-serve's iteration statistics."""
 
     engine: Any
-    """Has `generate_sync(prompt_ids, sampling, on_step) -> Generation`."""
+    """Has `async generate(prompt_ids, sampling, on_step) -> Generation`; concurrent calls
+    are batched by the engine."""
     chat: Any
     """The target's `ChatFormat` (tokenizer and template)."""
     model_name: str
     draft_len: int
     stop_token_ids: set[int]
     iterations: list[dict[str, Any]] = field(default_factory=list)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _iteration: int = 0
 
-    def record_iterations(self, generation: Generation) -> None:
-        """One `/metrics` entry per decoding iteration of a finished request."""
-        drafted = generation.drafted or [0] * len(generation.steps)
-        for i, (emitted, proposed) in enumerate(zip(generation.steps, drafted)):
-            self._iteration += 1
-            self.iterations.append({
-                "iter": self._iteration,
-                "numActiveRequests": 1,
-                "specDecodingStats": {
-                    "numDraftTokens": proposed,
-                    "numAcceptedTokens": emitted - 1 if i > 0 else 0,
-                    "numRequestsWithDraftTokens": int(proposed > 0),
-                    "acceptanceLength": float(emitted),
-                },
-            })  # fmt: skip
+    def record_iteration(self, stats: IterationStats) -> None:
+        """One `/metrics` entry per target forward, shaped like trtllm-serve's: the engine
+        calls this after each forward (`SpeculativeDecoder.on_iteration`)."""
+        self._iteration += 1
+        with_drafts = stats.rows_with_drafts
+        self.iterations.append({
+            "iter": self._iteration,
+            "numActiveRequests": stats.rows,
+            "inflightBatchingStats": {
+                "numScheduledRequests": stats.rows,
+                "numContextRequests": stats.rows if stats.prefill else 0,
+                "numGenRequests": 0 if stats.prefill else stats.rows,
+            },
+            "specDecodingStats": {
+                "numDraftTokens": stats.draft_tokens,
+                "numAcceptedTokens": stats.accepted_tokens,
+                "numRequestsWithDraftTokens": with_drafts,
+                "acceptanceLength": (stats.accepted_tokens + with_drafts) / with_drafts
+                if with_drafts else 0.0,
+            },
+        })  # fmt: skip
 
     def take_iterations(self) -> list[dict[str, Any]]:
         taken, self.iterations = self.iterations, []
         return taken
 
     async def steps(
-        self, prompt_ids: list[int], sampling: SamplingParams
+        self, prompt_ids: list[int], sampling: SamplingParams, gone: asyncio.Event | None = None
     ) -> AsyncIterator[list[int] | Generation]:
-        """The tokens of each decoding iteration as it happens, then the Generation."""
-        loop = asyncio.get_running_loop()
+        """The tokens of each decoding iteration as it happens, then the Generation.
+
+        Setting `gone` (the client went away) or closing this generator early cancels the
+        turn, which frees its row in the engine's batch."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancelled = threading.Event()
 
-        def on_step(tokens: list[int]) -> None:
-            if cancelled.is_set():
-                raise _Cancelled
-            loop.call_soon_threadsafe(queue.put_nowait, list(tokens))
+        def finished(task: asyncio.Task[Generation]) -> None:
+            if not task.cancelled():
+                task.exception()  # retrieved here too, in case nobody reads the queue any more
+            queue.put_nowait(task)
 
-        def work() -> None:
-            try:
-                result: Any = self.engine.generate_sync(prompt_ids, sampling, on_step)
-            except BaseException as err:  # handed to the request's coroutine
-                result = err
-            loop.call_soon_threadsafe(queue.put_nowait, result)
+        def on_step(tokens: list[int]) -> None:  # on this loop's thread: the engine steps here
+            queue.put_nowait(list(tokens))
 
-        async with self._lock:  # one request at a time: the reference engine is not batched
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            try:
-                while True:
-                    item = await queue.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    if isinstance(item, Generation):
-                        self.record_iterations(item)
-                        yield item
-                        return
-                    yield item
-            finally:
-                cancelled.set()
-                await asyncio.to_thread(worker.join)
+        task = asyncio.ensure_future(self.engine.generate(prompt_ids, sampling, on_step))
+        task.add_done_callback(finished)
+        watch = asyncio.ensure_future((gone or asyncio.Event()).wait())
+        watch.add_done_callback(lambda _: task.cancel())
+        try:
+            while True:
+                item = await queue.get()
+                if item is task:  # after every step's tokens: they were queued first
+                    yield task.result()  # raises the engine's error, if any
+                    return
+                yield item
+        finally:
+            task.cancel()  # a no-op once the turn is done
+            watch.cancel()
 
 
 @dataclass
@@ -198,6 +208,31 @@ def create_app(service: Service) -> Any:
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
     app = FastAPI(title="bench serve", version=__version__)
+    app.state.service = service
+
+    class EventStream(StreamingResponse):
+        """A streamed turn that stops decoding as soon as its client goes away.
+
+        Starlette's own reaction to a disconnect is to cancel the task that iterates the
+        body, and that cancellation can be put off for the whole turn: the engine steps on
+        this loop and hands the body a new item every step, so the body is never found
+        waiting. Setting `gone` instead cancels the turn directly, which frees its row
+        within a step or two; and the body is closed however the response ends (a server
+        that reports a disconnect as a failed send abandons it mid-`yield`)."""
+
+        def __init__(self, content: AsyncIterator[str], gone: asyncio.Event) -> None:
+            super().__init__(content, media_type="text/event-stream")
+            self.gone = gone
+
+        async def listen_for_disconnect(self, receive: Any) -> None:
+            await super().listen_for_disconnect(receive)
+            self.gone.set()
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse(
@@ -246,14 +281,16 @@ def create_app(service: Service) -> Any:
         usage_each = bool(options and options.include_usage and options.continuous_usage_stats)
         usage_end = bool(options and options.include_usage)
 
+        gone = asyncio.Event()
+
         async def events() -> AsyncIterator[str]:
             for choice in first_chunks:
                 usage = {**turn.usage(), "completion_tokens": 0} if usage_each else None
                 yield _sse({**header, "choices": [choice], "usage": usage})
-            async with aclosing(service.steps(prompt_ids, params)) as items:
+            async with aclosing(service.steps(prompt_ids, params, gone)) as items:
                 async for item in items:
                     if isinstance(item, Generation):
-                        continue  # the iteration statistics are recorded; [DONE] follows
+                        continue  # [DONE] follows
                     delta, finish = turn.advance(item)
                     choice = make_choice(turn, delta, item, finish)
                     yield _sse({**header, "choices": [choice],
@@ -263,7 +300,7 @@ def create_app(service: Service) -> Any:
             yield "data: [DONE]\n\n"
 
         if stream:
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return EventStream(events(), gone)
         finish = None
         async with aclosing(service.steps(prompt_ids, params)) as items:
             async for item in items:
@@ -350,8 +387,10 @@ def build_service(config_path: str | None, draft_len: int | None) -> Service:
         )
     chat = ChatFormat(load_tokenizer(config.target), config.conversation)
     engine = ReferenceEngine(config, chat)
-    return Service(engine, chat, config.target.name, config.draft_len,
-                   set(engine.decoder.stop_token_ids))  # fmt: skip
+    service = Service(engine, chat, config.target.name, config.draft_len,
+                      set(engine.decoder.stop_token_ids))  # fmt: skip
+    engine.decoder.on_iteration = service.record_iteration
+    return service
 
 
 def serve(config_path: str | None, host: str, port: int, draft_len: int | None) -> None:

@@ -1,5 +1,5 @@
 """Test doubles for the server path, with no model: a word-level tokenizer with a chat
-template, a scripted engine with the reference engine's `generate_sync` shape, and helpers
+template, a scripted engine with the reference engine's `generate` shape, and helpers
 that serve them through `bench serve`'s real app (in a thread, or as a child process when
 run as a script: `python tests/fake_server.py --port P --draft-len K`).
 """
@@ -7,11 +7,13 @@ run as a script: `python tests/fake_server.py --port P --draft-len K`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.config import ConversationConfig  # noqa: E402
 from bench.conversation import ChatFormat  # noqa: E402
 from bench.engines import EngineInfo, SamplingParams  # noqa: E402
+from bench.engines.reference import IterationStats  # noqa: E402
 from bench.records import Generation  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -62,7 +65,9 @@ def chat_format(folder: Path) -> ChatFormat:
 class ScriptedEngine:
     """Deterministic output from the prompt: the words cycle, the steps follow `pattern`
     (capped at k + 1 and at max_tokens), and prompts of odd length stop with EOS after
-    `stop_after` tokens. Shaped like `ReferenceEngine.generate_sync`."""
+    `stop_after` tokens. Shaped like `ReferenceEngine.generate`; each step of each turn is
+    one iteration of its own for `on_iteration` (the scripted engine does not batch), and
+    `max_in_flight` is the most turns it was ever asked for at once."""
 
     info = EngineInfo(name="scripted", version="test")
 
@@ -73,19 +78,19 @@ class ScriptedEngine:
         self.delay_s = delay_s
         self.eos = chat.tokenizer.convert_tokens_to_ids(EOS)
         self.first_word = chat.tokenizer.convert_tokens_to_ids(WORDS[0])
+        self.on_iteration: Any = None
+        self.in_flight = 0
+        self.max_in_flight = 0
 
-    def generate_sync(
-        self, prompt_ids: list[int], sampling: SamplingParams, on_step: Any = None
-    ) -> Generation:
-        start = time.perf_counter()
+    def script(self, prompt_ids: list[int], sampling: SamplingParams) -> Iterator[list[int]]:
+        """Each step's new tokens."""
         stops = len(prompt_ids) % 2 == 1
         seed = sum(prompt_ids)
         tokens: list[int] = []
-        steps: list[int] = []
-        drafted: list[int] = []
+        steps = 0
         while True:
-            want = 1 if not steps else min(self.pattern[(len(steps) - 1) % len(self.pattern)],
-                                               sampling.draft_len + 1)  # fmt: skip
+            want = 1 if not steps else min(self.pattern[(steps - 1) % len(self.pattern)],
+                                           sampling.draft_len + 1)  # fmt: skip
             new = []
             for _ in range(want):
                 if len(tokens) + len(new) >= sampling.max_tokens:
@@ -95,18 +100,17 @@ class ScriptedEngine:
                     break
                 new.append(self.first_word + (seed + len(tokens) + len(new)) % len(WORDS))
             tokens.extend(new)
-            steps.append(len(new))
-            drafted.append(0 if len(steps) == 1 else sampling.draft_len)
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            if on_step:
-                on_step(new)
+            steps += 1
+            yield new
             if tokens[-1] == self.eos or len(tokens) >= sampling.max_tokens:
-                break
+                return
+
+    def generation(self, steps: list[list[int]], draft_len: int, start: float) -> Generation:
+        tokens = [t for new in steps for t in new]
         stopped = tokens[-1] == self.eos
         return Generation(
-            steps=steps,
-            drafted=drafted,
+            steps=[len(new) for new in steps],
+            drafted=[0] + [draft_len] * (len(steps) - 1),
             token_ids=tokens,
             text=self.chat.decode(tokens[:-1] if stopped else tokens),
             finish_reason="stop" if stopped else "length",
@@ -114,9 +118,38 @@ class ScriptedEngine:
             duration_s=time.perf_counter() - start,
         )
 
-    # The runner's async engine interface, so the same object can be the "reference".
-    async def generate(self, prompt_ids, sampling):
-        return self.generate_sync(prompt_ids, sampling)
+    def generate_sync(
+        self, prompt_ids: list[int], sampling: SamplingParams, on_step: Any = None
+    ) -> Generation:
+        start, steps = time.perf_counter(), []
+        for new in self.script(prompt_ids, sampling):
+            steps.append(new)
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            if on_step:
+                on_step(new)
+        return self.generation(steps, sampling.draft_len, start)
+
+    async def generate(
+        self, prompt_ids: list[int], sampling: SamplingParams, on_step: Any = None
+    ) -> Generation:
+        start, steps = time.perf_counter(), []
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            for new in self.script(prompt_ids, sampling):
+                steps.append(new)
+                await asyncio.sleep(self.delay_s)  # other turns run in between
+                if self.on_iteration is not None:
+                    first = len(steps) == 1
+                    k = 0 if first else sampling.draft_len
+                    self.on_iteration(IterationStats(1, first, k, 0 if first else len(new) - 1,
+                                                     int(k > 0), len(new)))  # fmt: skip
+                if on_step:
+                    on_step(new)
+        finally:
+            self.in_flight -= 1
+        return self.generation(steps, sampling.draft_len, start)
 
     async def aclose(self):
         return None
@@ -159,7 +192,9 @@ def scripted_app(folder: Path, draft_len: int, **engine_kwargs: Any) -> Any:
 
     chat = chat_format(folder)
     engine = ScriptedEngine(chat, **engine_kwargs)
-    return create_app(Service(engine, chat, "scripted", draft_len, {engine.eos}))
+    service = Service(engine, chat, "scripted", draft_len, {engine.eos})
+    engine.on_iteration = service.record_iteration
+    return create_app(service)
 
 
 # pytest fixtures, imported by the test modules that use them.

@@ -144,12 +144,17 @@ def test_run_through_server_equals_reference_records(
         assert x.engine_counters["engine_metrics_delta"]["iterations"] == len(x.steps)
 
 
-def test_concurrent_questions_through_the_server(scripted_server, write_config, tmp_path):
-    config = load_config(write_config({"kind": "openai", "base_url": scripted_server.url}),
-                         {"concurrency": 3})  # fmt: skip
-    records = read_records(execute(config, out=tmp_path / "c3", quiet=True).run.records_path)
+def test_concurrent_questions_through_the_server(tokenizer_dir, write_config, tmp_path):
+    """--concurrency 3 over 4 questions: 3 turns at the server at once, never more (each
+    step of the scripted engine takes 50 ms, so the turns overlap)."""
+    app = scripted_app(tokenizer_dir, draft_len=3, delay_s=0.05)
+    with ThreadedServer(app) as server:
+        config = load_config(write_config({"kind": "openai", "base_url": server.url}),
+                             {"concurrency": 3})  # fmt: skip
+        records = read_records(execute(config, out=tmp_path / "c3", quiet=True).run.records_path)
     assert len(records) == 8 and all(r.ok for r in records)
     assert all("engine_metrics_delta" not in r.engine_counters for r in records)  # not attributable
+    assert app.state.service.engine.max_in_flight == 3
 
 
 def test_chat_api_sends_messages(scripted_server, write_config, tmp_path):

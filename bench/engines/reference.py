@@ -84,6 +84,20 @@ def verify(
     return d, int(torch.multinomial(p[d], 1, generator=generator))
 
 
+@dataclass(frozen=True)
+class IterationStats:
+    """One target forward of `SpeculativeDecoder.step()`: a prefill (each row's first token,
+    no drafts) or a speculative step. Counts are summed over the forward's rows."""
+
+    rows: int
+    prefill: bool
+    draft_tokens: int
+    accepted_tokens: int
+    """Drafts the verification accepted (a stop token may then cut the step shorter)."""
+    rows_with_drafts: int
+    emitted_tokens: int
+
+
 @dataclass(eq=False)
 class Row:
     """One turn in flight: its prompt, what it has emitted so far, and its slot."""
@@ -143,6 +157,7 @@ class SpeculativeDecoder:
         self.running: dict[int, Row] = {}  # slot -> row
         self.free = list(range(batch_size))  # sorted
         self.cached: dict[int, list[int]] = {}  # free slot -> tokens of its valid KV rows
+        self.on_iteration: Callable[[IterationStats], None] | None = None  # e.g. bench serve
 
     @property
     def busy(self) -> bool:
@@ -234,6 +249,8 @@ class SpeculativeDecoder:
             row.ttft_s = time.perf_counter() - row.submitted
             if self._emit(row, [first], 0):
                 finished.append(row)
+        if self.on_iteration is not None:
+            self.on_iteration(IterationStats(len(rows), True, 0, 0, 0, len(rows)))
         return finished
 
     def _decode(self, rows: list[Row]) -> list[Row]:
@@ -265,11 +282,17 @@ class SpeculativeDecoder:
             kept = None if hidden is None else hidden[r][: 1 + accepted]  # [1 + a, C·H]
             row.seen = DraftInputs(position, kept, temperature, row.generator)
         self.drafter.accept_batch(accepted_by_slot)
-        return [
+        finished = [
             row
             for row, proposal, new in zip(rows, proposals, emitted)
             if self._emit(row, new, len(proposal.tokens))
         ]
+        if self.on_iteration is not None:
+            drafted = [len(p.tokens) for p in proposals]
+            self.on_iteration(IterationStats(
+                len(rows), False, sum(drafted), sum(accepted_by_slot.values()),
+                sum(d > 0 for d in drafted), sum(len(new) for new in emitted)))  # fmt: skip
+        return finished
 
     def _emit(self, row: Row, new: list[int], drafted: int) -> bool:
         """Record one step of a row and stream it; True when the row finished."""
