@@ -86,7 +86,8 @@ def test_run_then_report_on_the_real_embedded_model(tmp_path):
     assert manifest["engine"]["details"]["dtype"] == "float32"
     assert manifest["packages"]["torch"] and manifest["config"]["sampling"]["max_tokens"] == 24
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
-    assert [(r["question_id"], r["turn"]) for r in records] == [
+    # Turns finish in any order (they are decoded together); each is written when it ends.
+    assert sorted((r["question_id"], r["turn"]) for r in records) == [
         (81, 1),
         (81, 2),
         (131, 1),
