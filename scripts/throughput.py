@@ -33,7 +33,7 @@ from bench.engines.reference import ReferenceEngine, SpeculativeDecoder
 def full_run(args: argparse.Namespace) -> None:
     """`bench run --draft-len 3` on everything, in a child process: wall and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
+        out = args.out or Path(tmp) / "run"
         command = [sys.executable, "-m", "bench", "run", "--draft-len", str(args.draft_len),
                    "--quiet", "--out", str(out)]  # fmt: skip
         if args.config:
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--draft-len", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's")
     parser.add_argument("--full-run", action="store_true", help="also time `bench run`")
+    parser.add_argument("--out", type=Path, help="keep the full run's directory here")
     args = parser.parse_args()
 
     overrides = {"draft_len": args.draft_len, "engine.batch_size": args.batch_size}
