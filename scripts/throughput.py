@@ -8,6 +8,9 @@ machine noise hits both alike; the batch of B then decodes all prompts together
 this one run. The outputs are compared token for token with plain greedy decoding.
 
     .venv/bin/python scripts/throughput.py --limit 16 --max-tokens 256 --full-run
+
+`--sweep 8,16,32` instead times the batched engine alone at each batch size, all prompts
+submitted at once (use a --limit of a few times the largest size), to choose the default.
 """
 
 from __future__ import annotations
@@ -59,6 +62,28 @@ def full_run(args: argparse.Namespace) -> None:
         )
 
 
+def sweep(engine: ReferenceEngine, config, prompts: list[list[int]], sampling, sizes) -> None:
+    """Tokens/s of the batched engine at each batch size on the same prompts."""
+    from bench.engines.drafters import build_drafter
+
+    device = engine.info.details["device"]
+    print(f"{'batch':>5} {'tokens':>6} {'seconds':>7} {'tok/s':>6} {'steps':>5}")
+    for size in sizes:
+        drafter, _ = build_drafter(config.engine.drafter, engine.model,
+                                   engine.chat_format.tokenizer, device, size)  # fmt: skip
+        decoder = SpeculativeDecoder(engine.model, drafter, engine.decoder.stop_token_ids, size)
+        start = time.perf_counter()
+        rows = [decoder.submit(prompt, sampling) for prompt in prompts]
+        steps = 0
+        while decoder.busy:
+            decoder.step()
+            steps += 1
+        elapsed = time.perf_counter() - start
+        tokens = sum(len(row.out) for row in rows)
+        print(f"{size:>5} {tokens:>6} {elapsed:>7.1f} {tokens / elapsed:>6.1f} {steps:>5}",
+              flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None)
@@ -68,6 +93,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's")
     parser.add_argument("--full-run", action="store_true", help="also time `bench run`")
     parser.add_argument("--out", type=Path, help="keep the full run's directory here")
+    parser.add_argument("--sweep", help="comma-separated batch sizes to time (only that)")
     args = parser.parse_args()
 
     overrides = {"draft_len": args.draft_len, "engine.batch_size": args.batch_size}
@@ -79,6 +105,14 @@ def main() -> None:
     _, questions = load_questions(DatasetConfig(limit=args.limit))
     prompts = [chat.prompt_ids(turn_messages(q, 1, config.conversation)) for q in questions]
     sampling = SamplingParams(0.0, args.max_tokens, args.draft_len)
+    if args.sweep:
+        sizes = [int(size) for size in args.sweep.split(",")]
+        print(
+            f"{config.target.name}, threads={torch.get_num_threads()}, "
+            f"{len(prompts)} turns, max_tokens={args.max_tokens}, k={args.draft_len}"
+        )
+        sweep(engine, config, prompts, sampling, sizes)
+        return
     print(
         f"{config.target.name}, {engine.info.details['dtype']}, "
         f"threads={torch.get_num_threads()}, {len(prompts)} prompts, "

@@ -329,16 +329,26 @@ class SpeculativeDecoder:
         sampling: SamplingParams,
         on_step: Callable[[list[int]], None] | None = None,
     ) -> tuple[list[int], list[int], list[int], float]:
-        """One turn on its own (the decoder must be idle). Returns (token ids, emitted per
-        step, drafted per step, seconds to first token)."""
+        """One turn on its own. Returns (token ids, emitted per step, drafted per step,
+        seconds to first token)."""
+        row = self.run_alone(prompt_ids, sampling, on_step)
+        return row.out, row.steps, row.drafted, row.ttft_s
+
+    def run_alone(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        on_step: Callable[[list[int]], None] | None = None,
+    ) -> Row:
+        """Decode one turn to its end on an idle decoder (scripts, tests)."""
         if self.busy:
-            raise RuntimeError("generate() needs an idle decoder; submit() and step() instead")
+            raise RuntimeError("an idle decoder runs one turn alone; submit() and step() instead")
         row = self.submit(prompt_ids, sampling, on_step)
         while not row.done:
             self.step()
         if row.error is not None:
             raise row.error
-        return row.out, row.steps, row.drafted, row.ttft_s
+        return row
 
 
 def _pick_device(wanted: str) -> str:
@@ -456,12 +466,7 @@ class ReferenceEngine:
         on_step: Callable[[list[int]], None] | None = None,
     ) -> Generation:
         """One turn on its own, outside any event loop (scripts, tests)."""
-        row = self.decoder.submit(prompt_ids, sampling, on_step)
-        while not row.done:
-            self.decoder.step()
-        if row.error is not None:
-            raise row.error
-        return self.generation(row)
+        return self.generation(self.decoder.run_alone(prompt_ids, sampling, on_step))
 
     async def generate(
         self,
