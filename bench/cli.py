@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     summary = outcome.summary
     print(card_table(summary))
-    rate = outcome.output_tokens / outcome.decode_s if outcome.decode_s else 0.0
+    rate = outcome.decoded_tokens / outcome.decode_s if outcome.decode_s else 0.0
     print(
         f"\n{summary.counted_questions} questions, {outcome.output_tokens} output tokens, "
         f"{rate:.1f} tokens/s while decoding, {outcome.wall_s:.0f} s wall"

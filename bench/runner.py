@@ -61,6 +61,8 @@ class RunOutcome:
     output_tokens: int
     decode_s: float
     """Wall time of this invocation's decoding phase (turns overlap: not their sum)."""
+    decoded_tokens: int
+    """Output tokens of the turns this invocation decoded (a resume skips finished ones)."""
     wall_s: float
 
 
@@ -292,12 +294,15 @@ def execute(
         run.write_manifest(manifest.model_copy(update={"status": "failed"}))
         raise
     run.write_manifest(manifest)
-    latest = [r for r in latest_by_turn(records).values() if r.ok]
+    latest = {key: r for key, r in latest_by_turn(records).items() if r.ok}
     return RunOutcome(
         run=run,
         summary=summary,
-        output_tokens=sum(r.output_tokens for r in latest),
+        output_tokens=sum(r.output_tokens for r in latest.values()),
         decode_s=decode_s,
+        decoded_tokens=sum(
+            r.output_tokens for key, r in latest.items() if key not in done or not done[key].ok
+        ),
         wall_s=wall_s,
     )
 
