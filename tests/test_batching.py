@@ -15,7 +15,7 @@ from bench.engines import SamplingParams  # noqa: E402
 from bench.engines.batching import BatchedLM  # noqa: E402
 from bench.engines.drafters import DraftRequest, Proposal, cache_argument  # noqa: E402
 from bench.engines.reference import SpeculativeDecoder  # noqa: E402
-from tests.tiny_models import tiny_target  # noqa: E402
+from tests.tiny_models import greedy, tiny_target  # noqa: E402
 
 STOP = 1  # the tiny target's eos
 PROMPTS = [
@@ -30,15 +30,6 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def target():
     return tiny_target(vocab=64, layers=4, hidden=32, seed=0, scale=4.0)
-
-
-def greedy(target, prompt, max_tokens, stop=STOP):
-    with torch.no_grad():
-        out = target.generate(
-            torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
-            eos_token_id=stop, pad_token_id=stop,
-        )  # fmt: skip
-    return out[0, len(prompt) :].tolist()
 
 
 class Oracle:
@@ -99,7 +90,7 @@ def test_one_row_in_the_slot_cache_matches_transformers_dynamic_cache(target):
         expected_step = target(input_ids=torch.tensor([block]), **{arg: cache}).logits[0]
         lm = BatchedLM(target, 3, arg)
         prefill, _ = lm.forward([1], [prompt])
-        lm.cache.commit(1, len(prompt))
+        lm.commit(1, len(prompt))
         step, _ = lm.forward([1], [block])
     # Same maths, a different attention kernel: equal up to float rounding.
     torch.testing.assert_close(prefill[0], expected_prefill, rtol=1e-5, atol=1e-5)
@@ -116,18 +107,18 @@ def test_ragged_rows_see_only_their_own_context(target):
         for prompt, block in zip(PROMPTS[:3], blocks):
             lm = BatchedLM(target, 1, arg)
             lm.forward([0], [prompt])
-            lm.cache.commit(0, len(prompt))
+            lm.commit(0, len(prompt))
             alone.append(lm.forward([0], [block])[0][0])
         lm = BatchedLM(target, 3, arg)
         lm.forward([0, 1, 2], PROMPTS[:3])
         for slot, prompt in enumerate(PROMPTS[:3]):
-            lm.cache.commit(slot, len(prompt) - 2)  # the last two rows become "rejected"
+            lm.commit(slot, len(prompt) - 2)  # the last two rows become "rejected"
         lm.forward([0, 1, 2], [[9, 9], [9, 9], [9, 9]])  # overwrite them with garbage
         for slot in range(3):
-            lm.cache.commit(slot, 0)
+            lm.commit(slot, 0)
         lm.forward([0, 1, 2], [p[-2:] for p in PROMPTS[:3]])  # the real rows again
         for slot in range(3):
-            lm.cache.commit(slot, 2)
+            lm.commit(slot, 2)
         together = lm.forward([0, 1, 2], blocks)[0]
     for got, expected in zip(together, alone):
         assert got.shape == expected.shape

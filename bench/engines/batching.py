@@ -27,6 +27,7 @@ head). Long query blocks (prefill) go through SDPA with `enable_gqa`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -183,7 +184,12 @@ def model_kv_layout(model: Any) -> tuple[int, int, int]:
 
 class BatchedLM:
     """A transformers causal LM run over a slot cache: ragged blocks of new tokens per slot
-    in one forward, returning per-row logits (and captured hidden states)."""
+    in one forward, returning per-row logits (and captured hidden states).
+
+    It knows which token each committed row of a slot holds (`tokens`), so a caller can
+    keep the rows a new context shares with the old one (`shared_prefix`) and feed only the
+    rest: rows stay in a slot until `reset` cuts them, whoever used the slot last.
+    """
 
     def __init__(self, model: Any, slots: int, cache_argument: str) -> None:
         register_slot_attention()
@@ -195,6 +201,23 @@ class BatchedLM:
             layers, slots, kv_heads, head_dim, self.parameter.dtype, self.parameter.device
         )
         self._cache_arg = cache_argument
+        self.tokens: list[list[int]] = [[] for _ in range(slots)]
+        """Per slot, the token of each committed KV row."""
+        self._fed: dict[int, Sequence[int]] = {}  # the last forward's block per slot
+
+    def commit(self, slot: int, kept: int) -> None:
+        """The first `kept` tokens the last forward fed this slot stay in its context."""
+        self.cache.commit(slot, kept)
+        self.tokens[slot] += self._fed[slot][:kept]
+
+    def reset(self, slot: int, length: int = 0) -> None:
+        """Cut the slot's context to its first `length` rows (0: a new sequence)."""
+        self.cache.reset(slot, length)
+        del self.tokens[slot][length:]
+
+    def shared_prefix(self, slot: int, tokens: Sequence[int]) -> int:
+        """How many of the slot's rows hold `tokens`' first tokens."""
+        return len(os.path.commonprefix([self.tokens[slot], list(tokens)]))
 
     def forward(
         self,
@@ -222,6 +245,7 @@ class BatchedLM:
         for r, row in enumerate(tokens):
             block[r, : len(row)] = torch.tensor(row)
         mask, positions = self.cache.begin(slots, widths)
+        self._fed = dict(zip(slots, tokens))
         out = self.model(
             input_ids=block.to(device),
             attention_mask=mask,

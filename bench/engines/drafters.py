@@ -265,25 +265,19 @@ class DraftModelDrafter(OneSequence):
         self.lm = BatchedLM(model, slots, cache_argument(model))
         self.vocab = target_vocab_size
         self.slots = slots
-        self.cached: list[list[int]] = [[] for _ in range(slots)]  # tokens whose rows it holds
         self.context_rows = [0] * slots
 
     def _feed(self, slots: list[int], blocks: list[list[int]]) -> Any:
         """Feed blocks[r] after slot r's cached rows; the next-token logits [R, V]."""
         logits, _ = self.lm.forward(slots, blocks, last_only=True)
         for slot, block in zip(slots, blocks):
-            self.lm.cache.commit(slot, len(block))
-            self.cached[slot] += block
+            self.lm.commit(slot, len(block))
         logits = torch.cat(logits)[:, : self.vocab]  # a padded draft vocabulary is cut
         if logits.shape[1] < self.vocab:  # and a shorter one cannot propose the missing ids
             logits = torch.nn.functional.pad(
                 logits, (0, self.vocab - logits.shape[1]), value=-torch.inf
             )
         return logits
-
-    def _cut(self, slot: int, keep: int) -> None:
-        self.lm.cache.reset(slot, keep)
-        del self.cached[slot][keep:]
 
     def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
         proposals = [Proposal([])] * len(requests)
@@ -296,12 +290,8 @@ class DraftModelDrafter(OneSequence):
         blocks = []
         for row in rows:
             # Keep the cached rows the context still starts with (a new turn keeps none).
-            keep = 0
-            for a, b in zip(self.cached[row.slot], row.context[:-1]):
-                if a != b:
-                    break
-                keep += 1
-            self._cut(row.slot, keep)
+            keep = self.lm.shared_prefix(row.slot, row.context[:-1])
+            self.lm.reset(row.slot, keep)
             self.context_rows[row.slot] = len(row.context)
             blocks.append(row.context[keep:])
         slots = [row.slot for row in rows]
@@ -318,10 +308,10 @@ class DraftModelDrafter(OneSequence):
     def accept_batch(self, accepted: dict[int, int]) -> None:
         for slot, n in accepted.items():
             # Rows of accepted drafts stay valid; later ones leave.
-            self._cut(slot, min(self.context_rows[slot] + n, len(self.cached[slot])))
+            self.lm.reset(slot, min(self.context_rows[slot] + n, len(self.lm.tokens[slot])))
 
     def release(self, slot: int) -> None:
-        self._cut(slot, 0)
+        self.lm.reset(slot)
         self.context_rows[slot] = 0
 
 

@@ -156,7 +156,6 @@ class SpeculativeDecoder:
         self.waiting: deque[Row] = deque()
         self.running: dict[int, Row] = {}  # slot -> row
         self.free = list(range(batch_size))  # sorted
-        self.cached: dict[int, list[int]] = {}  # free slot -> tokens of its valid KV rows
         self.on_iteration: Callable[[IterationStats], None] | None = None  # e.g. bench serve
 
     @property
@@ -212,11 +211,10 @@ class SpeculativeDecoder:
         best, keep = self.free[0], 0
         if not self.captured:
             for slot in self.free:
-                common = len(os.path.commonprefix([self.cached.get(slot, []), prompt]))
+                common = self.lm.shared_prefix(slot, prompt)
                 if common > keep:
                     best, keep = slot, common
         self.free.remove(best)
-        self.cached.pop(best, None)
         return best, min(keep, len(prompt) - 1)
 
     def _guarded(self, rows: list[Row], work: Callable[[list[Row]], list[Row]]) -> list[Row]:
@@ -234,14 +232,14 @@ class SpeculativeDecoder:
         """One pass over the joining prompts yields each one's first token (a step of 1,
         flagged as the prefill)."""
         for row in rows:
-            self.lm.cache.reset(row.slot, row.reused)
+            self.lm.reset(row.slot, row.reused)
             self.drafter.release(row.slot)
         slots = [row.slot for row in rows]
         fed = [row.prompt[row.reused :] for row in rows]
         logits, hidden = self.lm.forward(slots, fed, self.captured, last_only=True)
         finished = []
         for r, row in enumerate(rows):
-            self.lm.cache.commit(row.slot, len(fed[r]))
+            self.lm.commit(row.slot, len(fed[r]))
             temperature = row.sampling.temperature
             _, first = verify(logits[r][-1:], Proposal([]), temperature, row.generator)
             row.seen = DraftInputs(row.reused, None if hidden is None else hidden[r],
@@ -277,7 +275,7 @@ class SpeculativeDecoder:
             emitted.append(new)
             # The rejected drafts leave the context (the slot keeps out[-1] and the accepted
             # drafts), with the hidden states of the rows that stay.
-            self.lm.cache.commit(row.slot, 1 + accepted)
+            self.lm.commit(row.slot, 1 + accepted)
             position = len(row.prompt) + len(row.out) - 1  # of out[-1]
             kept = None if hidden is None else hidden[r][: 1 + accepted]  # [1 + a, C·H]
             row.seen = DraftInputs(position, kept, temperature, row.generator)
@@ -318,10 +316,7 @@ class SpeculativeDecoder:
         if self.running.get(row.slot) is row:
             del self.running[row.slot]
             self.drafter.release(row.slot)
-            bisect.insort(self.free, row.slot)
-            if row.error is None:  # a failed forward may have left its rows half written
-                context = row.prompt + row.out
-                self.cached[row.slot] = context[: self.lm.cache.lengths[row.slot]]
+            bisect.insort(self.free, row.slot)  # its rows stay, for a turn that continues them
 
     def generate(
         self,
