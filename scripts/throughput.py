@@ -62,6 +62,17 @@ def full_run(args: argparse.Namespace) -> None:
         )
 
 
+def decode_together(decoder: SpeculativeDecoder, prompts: list[list[int]], sampling):
+    """Submit every prompt at once and step until all are done: (rows, seconds, steps)."""
+    start = time.perf_counter()
+    rows = [decoder.submit(prompt, sampling) for prompt in prompts]
+    steps = 0
+    while decoder.busy:
+        decoder.step()
+        steps += 1
+    return rows, time.perf_counter() - start, steps
+
+
 def sweep(engine: ReferenceEngine, config, prompts: list[list[int]], sampling, sizes) -> None:
     """Tokens/s of the batched engine at each batch size on the same prompts."""
     from bench.engines.drafters import build_drafter
@@ -72,13 +83,7 @@ def sweep(engine: ReferenceEngine, config, prompts: list[list[int]], sampling, s
         drafter, _ = build_drafter(config.engine.drafter, engine.model,
                                    engine.chat_format.tokenizer, device, size)  # fmt: skip
         decoder = SpeculativeDecoder(engine.model, drafter, engine.decoder.stop_token_ids, size)
-        start = time.perf_counter()
-        rows = [decoder.submit(prompt, sampling) for prompt in prompts]
-        steps = 0
-        while decoder.busy:
-            decoder.step()
-            steps += 1
-        elapsed = time.perf_counter() - start
+        rows, elapsed, steps = decode_together(decoder, prompts, sampling)
         tokens = sum(len(row.out) for row in rows)
         print(f"{size:>5} {tokens:>6} {elapsed:>7.1f} {tokens / elapsed:>6.1f} {steps:>5}",
               flush=True)  # fmt: skip
@@ -146,13 +151,7 @@ def main() -> None:
             flush=True,
         )
 
-    start = time.perf_counter()
-    rows = [batched.submit(prompt, sampling) for prompt in prompts]
-    forwards = 0
-    while batched.busy:
-        batched.step()
-        forwards += 1
-    batch_s = time.perf_counter() - start
+    rows, batch_s, forwards = decode_together(batched, prompts, sampling)
 
     tokens = sum(len(t) for t in one_out)
     batch_tokens = sum(len(row.out) for row in rows)

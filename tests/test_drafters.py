@@ -22,7 +22,13 @@ from bench.engines.drafters import (
 from bench.engines.eagle3 import load_eagle3
 from bench.engines.reference import SpeculativeDecoder
 from bench.errors import BenchError
-from tests.tiny_models import head_config, random_head_weights, save_head, tiny_target
+from tests.tiny_models import (
+    greedy,
+    head_config,
+    random_head_weights,
+    save_head,
+    tiny_target,
+)
 
 STOP = 1  # the tiny target's eos
 PROMPTS = [[0, 5, 9, 17, 33, 2, 41, 7, 12], [0, 3, 3, 8, 3, 3, 8, 3, 3]]
@@ -40,16 +46,6 @@ def head(target, tmp_path_factory):
         tmp_path_factory.mktemp("head"), cfg, random_head_weights(cfg, seed=3), "eagle_authors"
     )
     return load_eagle3(str(folder), None, target)[0]
-
-
-def greedy(target, prompt, max_tokens):
-    """Plain greedy decoding with transformers' generate()."""
-    with torch.no_grad():
-        out = target.generate(
-            torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
-            eos_token_id=STOP, pad_token_id=STOP,
-        )  # fmt: skip
-    return out[0, len(prompt) :].tolist()
 
 
 def decode(target, drafter, prompt, k=3, max_tokens=24, temperature=0.0, seed=0):

@@ -39,6 +39,17 @@ def tiny_target(
     return model
 
 
+def greedy(target: Any, prompt: list[int], max_tokens: int, stop: int = 1) -> list[int]:
+    """Plain greedy decoding with transformers' generate(), stopping at `stop` (the tiny
+    target's eos; -1 never stops)."""
+    with torch.no_grad():
+        out = target.generate(
+            torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
+            eos_token_id=stop, pad_token_id=stop,
+        )  # fmt: skip
+    return out[0, len(prompt) :].tolist()
+
+
 def head_config(
     target: Any,
     hidden: int | None = None,
