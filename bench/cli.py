@@ -66,19 +66,28 @@ def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run MT-Bench through an engine into a run directory")
     p.add_argument("--config", help="YAML config (default: configs/smollm2-135m-cpu.yaml)")
     p.add_argument("--draft-len", type=int, help="draft tokens per step (k)")
-    p.add_argument("--engine", choices=["reference", "openai", "trtllm"],
-                   help="engine kind; another kind than the config's replaces its engine section")  # fmt: skip
+    p.add_argument(
+        "--engine",
+        choices=["reference", "openai", "trtllm"],
+        help="engine kind; another kind than the config's replaces its engine section",
+    )
     p.add_argument(
         "--base-url", help="openai engine: the server's URL (e.g. http://127.0.0.1:8000)"
     )
-    p.add_argument("--api", choices=["completions", "chat", "generate"],
-                   help="openai engine: token-id prompts (default), chat messages, or SGLang's /generate")  # fmt: skip
+    p.add_argument(
+        "--api",
+        choices=["completions", "chat", "generate"],
+        help="openai engine: token-id prompts (default), chat messages, or SGLang's /generate",
+    )
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, help="output tokens per turn")
     p.add_argument("--seed", type=int, help="sampling seed (temperature > 0)")
     p.add_argument("--reasoning-effort", help="passed to the chat template (default medium)")
-    p.add_argument("--turn2-history", choices=["final", "raw"],
-                   help="turn-1 answer given back in turn 2: reasoning removed (final) or as generated")  # fmt: skip
+    p.add_argument(
+        "--turn2-history",
+        choices=["final", "raw"],
+        help="turn-1 answer given back in turn 2: reasoning removed (final) or as generated",
+    )
     p.add_argument("--questions", help="FastChat-format question.jsonl")
     p.add_argument("--dataset", help="Hugging Face dataset id (e.g. philschmid/mt-bench)")
     p.add_argument("--question-ids", type=_int_list, help="e.g. 81,82,101")
@@ -93,8 +102,11 @@ def add_run_parser(sub: Any) -> None:
         type=int,
         help="reference engine: turns decoded together (default 16 on CPU)",
     )
-    p.add_argument("--quantize", choices=["none", "int8-dynamic"],
-                   help="reference engine on the CPU: int8 dynamic quantisation of the target's Linear layers")  # fmt: skip
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8-dynamic"],
+        help="reference engine on the CPU: int8 dynamic quantisation of the target's Linear layers",
+    )
     p.add_argument("--out", type=Path, help="run directory (default results/runs/<run-id>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -172,18 +184,34 @@ def add_compare_parser(sub: Any) -> None:
     )
     p.add_argument("baseline", type=Path, help="run directory, summary.json or reference .yaml")
     p.add_argument("candidate", type=Path, help="run directory, summary.json or reference .yaml")
-    p.add_argument("--gate", type=Path,
-                   help="YAML: tolerance, categories (per-category tolerance), "
-                   "joint_acceptance_min, allow")  # fmt: skip
-    p.add_argument("--tolerance", type=float,
-                   help="largest allowed relative AL drop (default 0.02 = 2 %%)")  # fmt: skip
-    p.add_argument("--min-joint", type=_float_list, metavar="B1,B2,...",
-                   help="lower bounds of the candidate's joint acceptance at positions 1, 2, ...")  # fmt: skip
-    p.add_argument("--allow", type=_str_list, default=[], action="extend",
-                   help="accept these differences: draft_len, temperature, max_tokens, "
-                   "questions, turn2_history, methodology, drafter, precision")  # fmt: skip
-    p.add_argument("--out", type=Path, default=Path("results/compare"),
-                   help="folder for compare.md and compare.json (default results/compare)")  # fmt: skip
+    p.add_argument(
+        "--gate",
+        type=Path,
+        help="YAML: tolerance, categories (per-category tolerance), joint_acceptance_min, allow",
+    )
+    p.add_argument(
+        "--tolerance", type=float, help="largest allowed relative AL drop (default 0.02 = 2 %%)"
+    )
+    p.add_argument(
+        "--min-joint",
+        type=_float_list,
+        metavar="B1,B2,...",
+        help="lower bounds of the candidate's joint acceptance at positions 1, 2, ...",
+    )
+    p.add_argument(
+        "--allow",
+        type=_str_list,
+        default=[],
+        action="extend",
+        help="accept these differences: draft_len, temperature, max_tokens, "
+        "questions, turn2_history, methodology, drafter, precision",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/compare"),
+        help="folder for compare.md and compare.json (default results/compare)",
+    )
     p.set_defaults(func=cmd_compare)
 
 
@@ -212,10 +240,16 @@ def add_dashboard_parser(sub: Any) -> None:
     )
     p.add_argument("results_dir", type=Path, help="folder holding run directories (any depth)")
     p.add_argument("--out", type=Path, help="output folder (default RESULTS_DIR/dashboard)")
-    p.add_argument("--baseline", type=Path,
-                   help="baseline run directory (default: the latest run under a baselines/ folder)")  # fmt: skip
-    p.add_argument("--reference", type=Path,
-                   help="reference table .yaml (default: the latest run's own reference)")  # fmt: skip
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="baseline run directory (default: the latest run under a baselines/ folder)",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="reference table .yaml (default: the latest run's own reference)",
+    )
     p.set_defaults(func=cmd_dashboard)
 
 

@@ -187,8 +187,10 @@ def load_side(path: str | Path) -> Side:
     in one), or a reference table YAML."""
     path = Path(path)
     if not path.exists():
-        raise BenchError(f"{path} does not exist (expected a run directory, a summary.json "
-                         "or a reference table .yaml)")  # fmt: skip
+        raise BenchError(
+            f"{path} does not exist (expected a run directory, a summary.json "
+            "or a reference table .yaml)"
+        )
     if path.is_dir() or (path.name == "summary.json" and (path.parent / "manifest.json").is_file()):
         run = RunDir.open(path if path.is_dir() else path.parent)
         if not run.summary_path.is_file():
@@ -215,8 +217,13 @@ def load_side(path: str | Path) -> Side:
         return Side(str(path), "summary", str(path), summary, settings=_summary_settings(summary))
     if path.suffix in (".yaml", ".yml"):
         table = load_reference(path)
-        return Side(table.name, "reference", str(path), reference=table,
-                    settings={"draft_len": table.draft_len})  # fmt: skip
+        return Side(
+            table.name,
+            "reference",
+            str(path),
+            reference=table,
+            settings={"draft_len": table.draft_len},
+        )
     raise BenchError(
         f"{path} is neither a run directory, a .json summary nor a .yaml reference table"
     )
@@ -304,20 +311,28 @@ def _comparability(base: Side, cand: Side, allow: Sequence[str]) -> tuple[list[C
             shown = f"only in baseline {_ids(only_b)}; only in candidate {_ids(only_c)}"
         else:
             shown = f"baseline {b}, candidate {c}"
-        checks.append(Check(
-            kind="incomparable", subject=name, allowed=name in allow,
-            message=f"{meaning} differs ({shown})"
-            + ("; allowed by --allow" if name in allow else f"; pass --allow {name} to accept"),
-        ))  # fmt: skip
+        checks.append(
+            Check(
+                kind="incomparable",
+                subject=name,
+                allowed=name in allow,
+                message=f"{meaning} differs ({shown})"
+                + ("; allowed by --allow" if name in allow else f"; pass --allow {name} to accept"),
+            )
+        )
     if base.manifest is not None and cand.manifest is not None:
         mismatch = drafter_mismatch(base.manifest, cand.manifest)
         if mismatch is not None:
             allowed = "drafter" in allow
-            checks.append(Check(
-                kind="incomparable", subject="drafter", allowed=allowed,
-                message=f"the runs measured different drafters ({mismatch})"
-                + ("; allowed by --allow" if allowed else "; pass --allow drafter to accept"),
-            ))  # fmt: skip
+            checks.append(
+                Check(
+                    kind="incomparable",
+                    subject="drafter",
+                    allowed=allowed,
+                    message=f"the runs measured different drafters ({mismatch})"
+                    + ("; allowed by --allow" if allowed else "; pass --allow drafter to accept"),
+                )
+            )
     elif base.reference is None and cand.reference is None:
         notes.append("drafter not checked: a bare summary.json does not record it")
     return checks, notes
@@ -360,14 +375,29 @@ def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> R
     tolerance = gate.tolerance_for(name)
     if b is None or c is None:
         missing = [s.label for s, v in ((base, b), (cand, c)) if v is None]
-        return Row(name=name, baseline=b, candidate=c, delta=None, relative_delta=None,
-                   beyond_noise=None, tolerance=tolerance, regression=False,
-                   note=f"not compared: no value in {' and '.join(missing)}")  # fmt: skip
+        return Row(
+            name=name,
+            baseline=b,
+            candidate=c,
+            delta=None,
+            relative_delta=None,
+            beyond_noise=None,
+            tolerance=tolerance,
+            regression=False,
+            note=f"not compared: no value in {' and '.join(missing)}",
+        )
     delta = c - b
     relative = delta / b if b else None
-    row = Row(name=name, baseline=b, candidate=c, delta=delta, relative_delta=relative,
-              beyond_noise=None, tolerance=tolerance,
-              regression=relative is not None and relative < -tolerance)  # fmt: skip
+    row = Row(
+        name=name,
+        baseline=b,
+        candidate=c,
+        delta=delta,
+        relative_delta=relative,
+        beyond_noise=None,
+        tolerance=tolerance,
+        regression=relative is not None and relative < -tolerance,
+    )
     if paired:
         mean_diff, ci, n = _paired(base, cand, name)
         row.delta_ci95, row.paired_questions = ci, n
@@ -395,8 +425,9 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
     if paired:
         s = base.summary
         assert s is not None
-        method = PAIRED_METHOD.format(resamples=s.bootstrap.get("resamples", "?"),
-                                      seed=s.bootstrap.get("seed", "?"))  # fmt: skip
+        method = PAIRED_METHOD.format(
+            resamples=s.bootstrap.get("resamples", "?"), seed=s.bootstrap.get("seed", "?")
+        )
     elif base.summary is None and cand.summary is None:
         method = NO_NOISE_METHOD
     else:
@@ -418,12 +449,15 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
             )
     for row in rows:
         if row.regression:
-            checks.append(Check(
-                kind="regression", subject=row.name,
-                message=f"{row.name} AL dropped {row.relative_delta:+.2%} "
-                f"({row.baseline:.3f} → {row.candidate:.3f}), beyond the "
-                f"{row.tolerance:.1%} tolerance",
-            ))  # fmt: skip
+            checks.append(
+                Check(
+                    kind="regression",
+                    subject=row.name,
+                    message=f"{row.name} AL dropped {row.relative_delta:+.2%} "
+                    f"({row.baseline:.3f} → {row.candidate:.3f}), beyond the "
+                    f"{row.tolerance:.1%} tolerance",
+                )
+            )
 
     joint: list[dict[str, Any]] = []
     if gate.joint_acceptance_min:
@@ -437,20 +471,28 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
                 joint.append({"position": j, "joint_acceptance": value, "min": bound, "ok": ok})
                 if not ok:
                     shown = "absent" if value is None else f"{value:.3f}"
-                    checks.append(Check(
-                        kind="joint_acceptance", subject=f"j={j}",
-                        message=f"joint acceptance at draft position {j} is {shown}, "
-                        f"under the lower bound {bound:.3f}",
-                    ))  # fmt: skip
+                    checks.append(
+                        Check(
+                            kind="joint_acceptance",
+                            subject=f"j={j}",
+                            message=f"joint acceptance at draft position {j} is {shown}, "
+                            f"under the lower bound {bound:.3f}",
+                        )
+                    )
 
     result = Comparison(
-        baseline=SideInfo(label=base.label, kind=base.kind, path=base.path,
-                          settings=base.settings),
-        candidate=SideInfo(label=cand.label, kind=cand.kind, path=cand.path,
-                           settings=cand.settings),
-        noise_method=method, rows=rows, joint_acceptance=joint, checks=checks,
-        notes=notes, gate=gate, passed=True,
-    )  # fmt: skip
+        baseline=SideInfo(label=base.label, kind=base.kind, path=base.path, settings=base.settings),
+        candidate=SideInfo(
+            label=cand.label, kind=cand.kind, path=cand.path, settings=cand.settings
+        ),
+        noise_method=method,
+        rows=rows,
+        joint_acceptance=joint,
+        checks=checks,
+        notes=notes,
+        gate=gate,
+        passed=True,
+    )
     result.passed = not result.failures
     return result
 
@@ -472,20 +514,37 @@ def _cells(row: Row) -> list[str]:
     ci = "" if row.delta_ci95 is None else f"[{row.delta_ci95[0]:+.3f}, {row.delta_ci95[1]:+.3f}]"
     verdict = "REGRESSION" if row.regression else ("–" if row.delta is None else "ok")
     return [
-        row.name, _f(row.baseline), _f(row.candidate), _f(row.delta, "+.3f"),
-        _f(row.relative_delta, "+.2%"), ci or "–", _noise(row), f"-{row.tolerance:.1%}",
+        row.name,
+        _f(row.baseline),
+        _f(row.candidate),
+        _f(row.delta, "+.3f"),
+        _f(row.relative_delta, "+.2%"),
+        ci or "–",
+        _noise(row),
+        f"-{row.tolerance:.1%}",
         verdict,
-    ]  # fmt: skip
+    ]
 
 
-HEADER = ["category", "baseline", "candidate", "Δ", "Δ %", "Δ 95 % CI", "noise", "tolerance",
-          "verdict"]  # fmt: skip
+HEADER = [
+    "category",
+    "baseline",
+    "candidate",
+    "Δ",
+    "Δ %",
+    "Δ 95 % CI",
+    "noise",
+    "tolerance",
+    "verdict",
+]
 
 
 def verdict_line(result: Comparison) -> str:
     if result.passed:
-        return "no regression: every category and overall is within tolerance, no sanity " \
-               "signal fired, and the runs are comparable"  # fmt: skip
+        return (
+            "no regression: every category and overall is within tolerance, no sanity "
+            "signal fired, and the runs are comparable"
+        )
     kinds = sorted({c.kind for c in result.failures})
     return f"FAILED ({', '.join(kinds)}): {len(result.failures)} problems"
 
@@ -508,8 +567,10 @@ def render_terminal(result: Comparison) -> str:
         if row.note:
             lines.append(f"  {row.name}: {row.note}")
     for j in result.joint_acceptance:
-        lines.append(f"joint acceptance j={j['position']}: {_f(j['joint_acceptance'])} "
-                     f"(min {j['min']:.3f}) {'ok' if j['ok'] else 'UNDER BOUND'}")  # fmt: skip
+        lines.append(
+            f"joint acceptance j={j['position']}: {_f(j['joint_acceptance'])} "
+            f"(min {j['min']:.3f}) {'ok' if j['ok'] else 'UNDER BOUND'}"
+        )
     for note in result.notes:
         lines.append(f"note: {note}")
     for check in result.checks:
@@ -522,9 +583,12 @@ def render_terminal(result: Comparison) -> str:
 def md_escape(text: str) -> str:
     """Text from a file or a model, safe inside a markdown table cell (and its HTML)."""
     return (
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        .replace("|", "\\|").replace("\n", " ")
-    )  # fmt: skip
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
+        .replace("\n", " ")
+    )
 
 
 def render_markdown(result: Comparison) -> str:
@@ -546,11 +610,14 @@ def render_markdown(result: Comparison) -> str:
     if result.joint_acceptance:
         out.append("\n| draft position | joint acceptance | lower bound | |\n|---|---|---|---|")
         for j in result.joint_acceptance:
-            out.append(f"| {j['position']} | {_f(j['joint_acceptance'])} | {j['min']:.3f} | "
-                       f"{'ok' if j['ok'] else '❌'} |")  # fmt: skip
+            out.append(
+                f"| {j['position']} | {_f(j['joint_acceptance'])} | {j['min']:.3f} | "
+                f"{'ok' if j['ok'] else '❌'} |"
+            )
         out.append("")
-    checks = [f"{'allowed' if c.allowed else '**fail**'} ({c.kind}): {c.message}"
-              for c in result.checks]  # fmt: skip
+    checks = [
+        f"{'allowed' if c.allowed else '**fail**'} ({c.kind}): {c.message}" for c in result.checks
+    ]
     for title, items in (("Checks", checks), ("Notes", result.notes)):
         if items:
             out += [f"### {title}\n", *(f"- {md_escape(i)}" for i in items), ""]
@@ -559,8 +626,10 @@ def render_markdown(result: Comparison) -> str:
 
 def write_outputs(result: Comparison, markdown: Path | None, json_path: Path | None) -> None:
     """The one writer of compare's files."""
-    for path, text in ((markdown, render_markdown(result)),
-                       (json_path, result.model_dump_json(indent=2))):  # fmt: skip
+    for path, text in (
+        (markdown, render_markdown(result)),
+        (json_path, result.model_dump_json(indent=2)),
+    ):
         if path is None:
             continue
         try:

@@ -37,9 +37,15 @@ from bench.references import ReferenceTable, load_reference
 from bench.rundir import Manifest, RunDir, manifest_reference, write_text_atomic
 
 EXCERPT_CHARS = 160
-SERIES_COLORS = {"run": "#4C72B0", "baseline": "#55A868", "reference": "#DD8452",
-                 "turn1": "#4C72B0", "turn2": "#8172B3", "joint": "#4C72B0",
-                 "conditional": "#C44E52"}  # fmt: skip
+SERIES_COLORS = {
+    "run": "#4C72B0",
+    "baseline": "#55A868",
+    "reference": "#DD8452",
+    "turn1": "#4C72B0",
+    "turn2": "#8172B3",
+    "joint": "#4C72B0",
+    "conditional": "#C44E52",
+}
 
 
 # --- collecting runs ---------------------------------------------------------------------
@@ -127,8 +133,16 @@ def esc(value: object) -> str:
 class Plot:
     """A small SVG chart: a y axis with ticks, slots along x, and marks added in order."""
 
-    def __init__(self, title: str, slots: list[str], ymin: float, ymax: float,
-                 ylabel: str, width: int = 420, height: int = 240) -> None:  # fmt: skip
+    def __init__(
+        self,
+        title: str,
+        slots: list[str],
+        ymin: float,
+        ymax: float,
+        ylabel: str,
+        width: int = 420,
+        height: int = 240,
+    ) -> None:
         self.title, self.slots, self.ylabel = title, slots, ylabel
         self.ymin, self.ymax = ymin, ymax if ymax > ymin else ymin + 1
         self.width, self.height = width, height
@@ -151,8 +165,9 @@ class Plot:
     def add_legend(self, label: str, color: str, dash: str = "") -> None:
         self.legend.append((label, color, dash))
 
-    def point(self, slot: float, value: float, ci: tuple[float, float] | None, color: str,
-              tip: str) -> None:  # fmt: skip
+    def point(
+        self, slot: float, value: float, ci: tuple[float, float] | None, color: str, tip: str
+    ) -> None:
         x, y = self.x(slot), self.y(value)
         if ci is not None:
             self.marks.append(
@@ -233,8 +248,9 @@ def _group(summary: Summary, name: str) -> GroupSummary | None:
     return summary.overall if name == "overall" else summary.categories.get(name)
 
 
-def trend_chart(name: str, runs: list[RunEntry], baseline: RunEntry | None,
-                reference: ReferenceTable | None) -> str:  # fmt: skip
+def trend_chart(
+    name: str, runs: list[RunEntry], baseline: RunEntry | None, reference: ReferenceTable | None
+) -> str:
     """Card AL of one category over runs (oldest left) with intervals; baseline, reference."""
     values = []
     for entry in runs:
@@ -259,8 +275,13 @@ def trend_chart(name: str, runs: list[RunEntry], baseline: RunEntry | None,
         plot.add_legend(label, color, dash)
     for i, (entry, value, ci) in enumerate(values):
         if value is not None:
-            plot.point(i, value, ci, SERIES_COLORS["run"],
-                       f"{entry.run_id}: {value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))  # fmt: skip
+            plot.point(
+                i,
+                value,
+                ci,
+                SERIES_COLORS["run"],
+                f"{entry.run_id}: {value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+            )
     plot.add_legend("runs (95 % CI)", SERIES_COLORS["run"])
     return plot.render()
 
@@ -276,8 +297,14 @@ def turn_chart(summary: Summary) -> str:
         for part, turn in enumerate(("1", "2")):
             value = g.turns[turn].acceptance_length
             if value is not None:
-                plot.bar(i, part, 2, value, SERIES_COLORS[f"turn{turn}"],
-                         f"{names[i]} turn {turn}: {value:.3f}")  # fmt: skip
+                plot.bar(
+                    i,
+                    part,
+                    2,
+                    value,
+                    SERIES_COLORS[f"turn{turn}"],
+                    f"{names[i]} turn {turn}: {value:.3f}",
+                )
     plot.add_legend("turn 1", SERIES_COLORS["turn1"])
     plot.add_legend("turn 2", SERIES_COLORS["turn2"])
     return plot.render()
@@ -287,8 +314,13 @@ def histogram_chart(summary: Summary, baseline: Summary | None) -> str:
     assert summary.overall is not None
     k = summary.draft_len
     shares = _shares(summary.overall.histogram)
-    plot = Plot("Decode steps by tokens emitted", [f"e={e}" for e in range(1, k + 2)], 0.0,
-                max([*shares, 0.1]) * 1.1, "share of decode steps")  # fmt: skip
+    plot = Plot(
+        "Decode steps by tokens emitted",
+        [f"e={e}" for e in range(1, k + 2)],
+        0.0,
+        max([*shares, 0.1]) * 1.1,
+        "share of decode steps",
+    )
     for i, share in enumerate(shares):
         plot.bar(i, 0, 1, share, SERIES_COLORS["run"], f"e={i + 1}: {share:.1%}")
     plot.add_legend("latest run", SERIES_COLORS["run"])
@@ -310,16 +342,19 @@ def _shares(hist: list[int]) -> list[float]:
 def position_chart(summary: Summary, baseline: Summary | None) -> str:
     assert summary.overall is not None
     k = summary.draft_len
-    plot = Plot("Acceptance per draft position", [f"j={j}" for j in range(1, k + 1)], 0.0, 1.0,
-                "acceptance")  # fmt: skip
+    plot = Plot(
+        "Acceptance per draft position", [f"j={j}" for j in range(1, k + 1)], 0.0, 1.0, "acceptance"
+    )
     plot.line(summary.overall.joint_acceptance, SERIES_COLORS["joint"], "", "joint")
-    plot.line(summary.overall.conditional_acceptance, SERIES_COLORS["conditional"], "",
-              "conditional")  # fmt: skip
+    plot.line(
+        summary.overall.conditional_acceptance, SERIES_COLORS["conditional"], "", "conditional"
+    )
     plot.add_legend("joint", SERIES_COLORS["joint"])
     plot.add_legend("conditional", SERIES_COLORS["conditional"])
     if baseline is not None and baseline.overall is not None and baseline.draft_len == k:
-        plot.line(baseline.overall.joint_acceptance, SERIES_COLORS["baseline"], "6,3",
-                  "baseline joint")  # fmt: skip
+        plot.line(
+            baseline.overall.joint_acceptance, SERIES_COLORS["baseline"], "6,3", "baseline joint"
+        )
         plot.add_legend("baseline joint", SERIES_COLORS["baseline"], "6,3")
     return plot.render()
 
@@ -371,8 +406,9 @@ def _delta(row_value: float | None, other: float | None) -> str:
     return f"{delta:+.3f}{rel}"
 
 
-def _latest_rows(latest: RunEntry, baseline: RunEntry | None,
-                 reference: ReferenceTable | None) -> list[tuple[str, list[str]]]:  # fmt: skip
+def _latest_rows(
+    latest: RunEntry, baseline: RunEntry | None, reference: ReferenceTable | None
+) -> list[tuple[str, list[str]]]:
     """Plain-text cells (escape before HTML) per category and overall."""
     s = latest.summary
     names = [c for c in CATEGORIES if c in s.categories] + ["overall"]
@@ -385,19 +421,48 @@ def _latest_rows(latest: RunEntry, baseline: RunEntry | None,
         ref = None
         if reference is not None:
             ref = reference.overall if name == "overall" else reference.categories.get(name)
-        rows.append((name, [
-            name, _f(mine), _ci(g.ci95 if g else None), _f(base), _delta(mine, base),
-            _f(ref), _delta(mine, ref),
-            _f(g.turns["1"].acceptance_length if g else None),
-            _f(g.turns["2"].acceptance_length if g else None),
-        ]))  # fmt: skip
+        rows.append(
+            (
+                name,
+                [
+                    name,
+                    _f(mine),
+                    _ci(g.ci95 if g else None),
+                    _f(base),
+                    _delta(mine, base),
+                    _f(ref),
+                    _delta(mine, ref),
+                    _f(g.turns["1"].acceptance_length if g else None),
+                    _f(g.turns["2"].acceptance_length if g else None),
+                ],
+            )
+        )
     return rows
 
 
-LATEST_HEADER = ["category", "latest AL", "95 % CI", "baseline", "Δ vs baseline", "reference",
-                 "Δ vs reference", "turn 1", "turn 2"]  # fmt: skip
-RUNS_HEADER = ["date", "run", "kind", "engine", "draft length", "model", "commit", "questions",
-               "overall AL", "valid"]  # fmt: skip
+LATEST_HEADER = [
+    "category",
+    "latest AL",
+    "95 % CI",
+    "baseline",
+    "Δ vs baseline",
+    "reference",
+    "Δ vs reference",
+    "turn 1",
+    "turn 2",
+]
+RUNS_HEADER = [
+    "date",
+    "run",
+    "kind",
+    "engine",
+    "draft length",
+    "model",
+    "commit",
+    "questions",
+    "overall AL",
+    "valid",
+]
 
 
 def _run_cells(entry: RunEntry) -> list[str]:
@@ -406,11 +471,17 @@ def _run_cells(entry: RunEntry) -> list[str]:
     commit = (m.git.get("commit") or "?")[:10] + (" (dirty)" if m.git.get("dirty") else "")
     overall = entry.summary.overall
     return [
-        m.started_at[:16].replace("T", " "), m.run_id, "baseline" if entry.is_baseline else "run", engine,
-        str(m.config.draft_len), m.config.target.name, commit,
+        m.started_at[:16].replace("T", " "),
+        m.run_id,
+        "baseline" if entry.is_baseline else "run",
+        engine,
+        str(m.config.draft_len),
+        m.config.target.name,
+        commit,
         f"{entry.summary.counted_questions}/{entry.summary.expected_questions}",
-        _f(overall.acceptance_length if overall else None), "yes" if entry.summary.valid else "NO",
-    ]  # fmt: skip
+        _f(overall.acceptance_length if overall else None),
+        "yes" if entry.summary.valid else "NO",
+    ]
 
 
 def _gate_html(result: Comparison | str | None, against: str) -> str:
@@ -419,11 +490,15 @@ def _gate_html(result: Comparison | str | None, against: str) -> str:
     if isinstance(result, str):
         return f'<p class="bad" id="gate-{against}">{esc(result)}</p>'
     if result.passed:
-        return (f'<p class="good" id="gate-{against}">Gate against the {against}: no regression '
-                f"(tolerance {result.gate.tolerance:.1%}).</p>")  # fmt: skip
+        return (
+            f'<p class="good" id="gate-{against}">Gate against the {against}: no regression '
+            f"(tolerance {result.gate.tolerance:.1%}).</p>"
+        )
     items = "".join(f"<li>{esc(c.message)}</li>" for c in result.failures)
-    return (f'<p class="bad" id="gate-{against}">Gate against the {against}: '
-            f"{len(result.failures)} problems</p><ul>{items}</ul>")  # fmt: skip
+    return (
+        f'<p class="bad" id="gate-{against}">Gate against the {against}: '
+        f"{len(result.failures)} problems</p><ul>{items}</ul>"
+    )
 
 
 def render_site(
@@ -464,14 +539,20 @@ def render_site(
         "bootstrap interval over questions. Δ = latest − other.</p>",
     ]
     if not s.valid or not s.complete:
-        h.append('<p class="bad">Latest run: ' + esc(" ".join(
-            sig.message for sig in s.signals if sig.severity == "error")) + "</p>")  # fmt: skip
+        h.append(
+            '<p class="bad">Latest run: '
+            + esc(" ".join(sig.message for sig in s.signals if sig.severity == "error"))
+            + "</p>"
+        )
     h.append("<h2>Latest run</h2>")
     h.append(_table(LATEST_HEADER, [[esc(c) for c in cells] for _, cells in rows], "latest-table"))
     h.append(_gate_html(gate, "baseline"))
     h.append("<h2>Trend per category</h2><div class=charts>")
-    h += [trend_chart(n, trend_runs, baseline, reference) for n in [*CATEGORIES, "overall"]
-          if any(_group(r.summary, n) for r in trend_runs)]  # fmt: skip
+    h += [
+        trend_chart(n, trend_runs, baseline, reference)
+        for n in [*CATEGORIES, "overall"]
+        if any(_group(r.summary, n) for r in trend_runs)
+    ]
     h.append("</div><h2>Turn split, histogram, draft positions (latest run)</h2><div class=charts>")
     if s.overall is not None:
         base_summary = baseline.summary if baseline else None
@@ -486,34 +567,55 @@ def render_site(
     h.append(_table(RUNS_HEADER, run_rows, "runs-table"))
     h.append("<h2>Questions of the latest run</h2>")
     q_rows = [
-        [esc(q.question_id), esc(q.category), _f(q.acceptance_length),
-         _f(q.turn1_acceptance_length), _f(q.turn2_acceptance_length),
-         esc(" / ".join(q.finish_reasons)),
-         f"<code>{esc(latest.excerpts.get(q.question_id, ''))}</code>"]
+        [
+            esc(q.question_id),
+            esc(q.category),
+            _f(q.acceptance_length),
+            _f(q.turn1_acceptance_length),
+            _f(q.turn2_acceptance_length),
+            esc(" / ".join(q.finish_reasons)),
+            f"<code>{esc(latest.excerpts.get(q.question_id, ''))}</code>",
+        ]
         for q in s.questions
-    ]  # fmt: skip
-    h.append(_table(["question", "category", "AL", "turn 1", "turn 2", "finish",
-                     "turn-1 answer (start)"], q_rows, "questions-table"))  # fmt: skip
+    ]
+    h.append(
+        _table(
+            ["question", "category", "AL", "turn 1", "turn 2", "finish", "turn-1 answer (start)"],
+            q_rows,
+            "questions-table",
+        )
+    )
     if problems:
         h.append("<h2>Skipped folders</h2><ul>")
         h += [f"<li>{esc(p)}</li>" for p in problems]
         h.append("</ul>")
     h.append("</body></html>")
 
-    md = [f"## bench dashboard: latest run `{md_escape(latest.run_id)}`\n",
-          f"Baseline: `{md_escape(baseline.run_id) if baseline else 'none'}`; reference: "
-          f"{md_escape(reference.name) if reference else 'none'}. AL = tokens per step "
-          "(the cards' acceptance rate), 95 % bootstrap interval over questions.\n",
-          "| " + " | ".join(LATEST_HEADER) + " |", "|" + "---|" * len(LATEST_HEADER)]  # fmt: skip
+    md = [
+        f"## bench dashboard: latest run `{md_escape(latest.run_id)}`\n",
+        f"Baseline: `{md_escape(baseline.run_id) if baseline else 'none'}`; reference: "
+        f"{md_escape(reference.name) if reference else 'none'}. AL = tokens per step "
+        "(the cards' acceptance rate), 95 % bootstrap interval over questions.\n",
+        "| " + " | ".join(LATEST_HEADER) + " |",
+        "|" + "---|" * len(LATEST_HEADER),
+    ]
     md += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for _, cells in rows]
     if isinstance(gate, str):
         md.append(f"\n**Gate against the baseline:** {md_escape(gate)}")
     elif gate is not None:
-        md.append("\n**Gate against the baseline:** " + (
-            "no regression" if gate.passed
-            else "; ".join(md_escape(c.message) for c in gate.failures)))  # fmt: skip
-    md += ["\n### All runs\n", "| " + " | ".join(RUNS_HEADER) + " |",
-           "|" + "---|" * len(RUNS_HEADER)]  # fmt: skip
+        md.append(
+            "\n**Gate against the baseline:** "
+            + (
+                "no regression"
+                if gate.passed
+                else "; ".join(md_escape(c.message) for c in gate.failures)
+            )
+        )
+    md += [
+        "\n### All runs\n",
+        "| " + " | ".join(RUNS_HEADER) + " |",
+        "|" + "---|" * len(RUNS_HEADER),
+    ]
     md += ["| " + " | ".join(md_escape(c) for c in _run_cells(e)) + " |" for e in reversed(runs)]
     md.append("")
     return Site("".join(h), "\n".join(md), runs, latest)
@@ -561,11 +663,17 @@ def build_dashboard(
     non_baseline = [r for r in runs if not r.is_baseline]
     latest = (non_baseline or runs)[-1] if runs else None
     if chosen is None and latest is not None:
-        candidates = [r for r in runs if r.is_baseline and r is not latest
-                      and r.summary.draft_len == latest.summary.draft_len]  # fmt: skip
+        candidates = [
+            r
+            for r in runs
+            if r.is_baseline and r is not latest and r.summary.draft_len == latest.summary.draft_len
+        ]
         chosen = candidates[-1] if candidates else None
-    table = load_reference(reference) if reference is not None else (
-        _run_reference(latest) if latest is not None else None)  # fmt: skip
+    table = (
+        load_reference(reference)
+        if reference is not None
+        else (_run_reference(latest) if latest is not None else None)
+    )
     site = render_site(runs, chosen, table, problems)
     write_site(site, out)
     return site

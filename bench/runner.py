@@ -125,10 +125,17 @@ async def run_turn(
         raise
     except Exception as err:  # an engine fault on this turn: recorded, not fatal
         return TurnRecord(
-            **base, prompt_tokens=len(prompt_ids), steps=[], prefill_step=False,
-            output_tokens=0, token_ids=[], text="", finish_reason="error", duration_s=0.0,
+            **base,
+            prompt_tokens=len(prompt_ids),
+            steps=[],
+            prefill_step=False,
+            output_tokens=0,
+            token_ids=[],
+            text="",
+            finish_reason="error",
+            duration_s=0.0,
             error=f"{type(err).__name__}: {err}",
-        )  # fmt: skip
+        )
     return TurnRecord(
         **base,
         prompt_tokens=len(prompt_ids),
@@ -239,14 +246,15 @@ def execute(
                 "status": "running",
                 "chat_template": template,
                 "engine": EngineRecord(
-                    name=engine.info.name, version=engine.info.version,
+                    name=engine.info.name,
+                    version=engine.info.version,
                     details=engine.info.details,
                 ),
                 "packages": package_versions(),
                 "git": git_state(),
                 "host": host_info(),
             }
-        )  # fmt: skip
+        )
         run.write_manifest(manifest)
 
         drop_torn_tail(run.records_path)
@@ -254,18 +262,26 @@ def execute(
         done = latest_by_turn(existing)
         finished = sum(1 for r in done.values() if r.ok)
         progress = tqdm(
-            total=2 * len(questions), initial=finished, unit="turn", desc="MT-Bench",
-            disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
-        )  # fmt: skip
+            total=2 * len(questions),
+            initial=finished,
+            unit="turn",
+            desc="MT-Bench",
+            disable=quiet or not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
         decode_started = time.perf_counter()
         try:
             with RecordWriter(run.records_path) as writer, progress:
                 asyncio.run(drive(engine, chat, config, questions, writer, done, progress))
         except KeyboardInterrupt:
-            run.write_manifest(manifest.model_copy(update={
-                "status": "interrupted",
-                "wall_s": previous_wall + time.perf_counter() - started,
-            }))  # fmt: skip
+            run.write_manifest(
+                manifest.model_copy(
+                    update={
+                        "status": "interrupted",
+                        "wall_s": previous_wall + time.perf_counter() - started,
+                    }
+                )
+            )
             raise RunInterrupted(
                 f"interrupted; finished turns are saved in {run.path}: "
                 f"python -m bench run --resume {run.path}"

@@ -106,22 +106,25 @@ class Service:
         calls this after each forward (`SpeculativeDecoder.on_iteration`)."""
         self._iteration += 1
         with_drafts = stats.rows_with_drafts
-        self.iterations.append({
-            "iter": self._iteration,
-            "numActiveRequests": stats.rows,
-            "inflightBatchingStats": {
-                "numScheduledRequests": stats.rows,
-                "numContextRequests": stats.rows if stats.prefill else 0,
-                "numGenRequests": 0 if stats.prefill else stats.rows,
-            },
-            "specDecodingStats": {
-                "numDraftTokens": stats.draft_tokens,
-                "numAcceptedTokens": stats.accepted_tokens,
-                "numRequestsWithDraftTokens": with_drafts,
-                "acceptanceLength": (stats.accepted_tokens + with_drafts) / with_drafts
-                if with_drafts else 0.0,
-            },
-        })  # fmt: skip
+        self.iterations.append(
+            {
+                "iter": self._iteration,
+                "numActiveRequests": stats.rows,
+                "inflightBatchingStats": {
+                    "numScheduledRequests": stats.rows,
+                    "numContextRequests": stats.rows if stats.prefill else 0,
+                    "numGenRequests": 0 if stats.prefill else stats.rows,
+                },
+                "specDecodingStats": {
+                    "numDraftTokens": stats.draft_tokens,
+                    "numAcceptedTokens": stats.accepted_tokens,
+                    "numRequestsWithDraftTokens": with_drafts,
+                    "acceptanceLength": (stats.accepted_tokens + with_drafts) / with_drafts
+                    if with_drafts
+                    else 0.0,
+                },
+            }
+        )
 
     def take_iterations(self) -> list[dict[str, Any]]:
         taken, self.iterations = self.iterations, []
@@ -189,8 +192,11 @@ class _Turn:
 
     def usage(self) -> dict[str, int]:
         n = len(self.token_ids)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
-                "total_tokens": self.prompt_tokens + n}  # fmt: skip
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": n,
+            "total_tokens": self.prompt_tokens + n,
+        }
 
     def avg_decoded_tokens_per_iter(self) -> float:
         return len(self.token_ids) / self.steps if self.steps else 0.0
@@ -256,9 +262,17 @@ def create_app(service: Service) -> Any:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": service.model_name, "object": "model", "created": 0, "owned_by": "bench",
-        }]}  # fmt: skip
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": service.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "bench",
+                }
+            ],
+        }
 
     @app.get("/metrics")
     async def metrics() -> list[dict[str, Any]]:
@@ -293,8 +307,13 @@ def create_app(service: Service) -> Any:
                         continue  # [DONE] follows
                     delta, finish = turn.advance(item)
                     choice = make_choice(turn, delta, item, finish)
-                    yield _sse({**header, "choices": [choice],
-                                "usage": turn.usage() if usage_each else None})  # fmt: skip
+                    yield _sse(
+                        {
+                            **header,
+                            "choices": [choice],
+                            "usage": turn.usage() if usage_each else None,
+                        }
+                    )
             if usage_end:
                 yield _sse({**header, "choices": [], "usage": turn.usage()})
             yield "data: [DONE]\n\n"
@@ -332,11 +351,23 @@ def create_app(service: Service) -> Any:
                 "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter(),
             }
 
-        header = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                  "created": int(time.time()), "model": service.model_name}  # fmt: skip
+        header = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": service.model_name,
+        }
         params = sampling(request.temperature, request.max_tokens, request.seed)
-        return await respond(prompt_ids, params, request.stream, request.stream_options,
-                             choice, header, [], request.skip_special_tokens)  # fmt: skip
+        return await respond(
+            prompt_ids,
+            params,
+            request.stream,
+            request.stream_options,
+            choice,
+            header,
+            [],
+            request.skip_special_tokens,
+        )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest) -> Any:
@@ -352,22 +383,42 @@ def create_app(service: Service) -> Any:
         max_tokens = request.max_completion_tokens or request.max_tokens or 16
 
         def choice(turn: _Turn, delta: str, ids: list[int], finish: str | None) -> dict:
-            return {"index": 0, "delta": {"content": delta}, "logprobs": None,
-                    "finish_reason": finish,
-                    "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter()}  # fmt: skip
+            return {
+                "index": 0,
+                "delta": {"content": delta},
+                "logprobs": None,
+                "finish_reason": finish,
+                "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter(),
+            }
 
-        header = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                  "created": int(time.time()), "model": service.model_name}  # fmt: skip
+        header = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": service.model_name,
+        }
         role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         params = sampling(request.temperature, max_tokens, request.seed)
-        response = await respond(prompt_ids, params, request.stream, request.stream_options,
-                                 choice, header, [role], request.skip_special_tokens)  # fmt: skip
+        response = await respond(
+            prompt_ids,
+            params,
+            request.stream,
+            request.stream_options,
+            choice,
+            header,
+            [role],
+            request.skip_special_tokens,
+        )
         if isinstance(response, dict):  # not streamed: a message, not a delta
             only = response["choices"][0]
             response["object"] = "chat.completion"
-            response["choices"] = [{"index": 0, "finish_reason": only["finish_reason"],
-                                    "message": {"role": "assistant",
-                                                "content": only["delta"]["content"]}}]  # fmt: skip
+            response["choices"] = [
+                {
+                    "index": 0,
+                    "finish_reason": only["finish_reason"],
+                    "message": {"role": "assistant", "content": only["delta"]["content"]},
+                }
+            ]
         return response
 
     return app
@@ -387,8 +438,9 @@ def build_service(config_path: str | None, draft_len: int | None) -> Service:
         )
     chat = ChatFormat(load_tokenizer(config.target), config.conversation)
     engine = ReferenceEngine(config, chat)
-    service = Service(engine, chat, config.target.name, config.draft_len,
-                      set(engine.decoder.stop_token_ids))  # fmt: skip
+    service = Service(
+        engine, chat, config.target.name, config.draft_len, set(engine.decoder.stop_token_ids)
+    )
     engine.decoder.on_iteration = service.record_iteration
     return service
 

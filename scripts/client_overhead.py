@@ -34,9 +34,15 @@ def stream_body(chunks: int) -> bytes:
         n = 1 if i == 0 else PATTERN[i % len(PATTERN)]
         ids = list(range(1000 + total, 1000 + total + n))
         total += n
-        choice = {"index": 0, "text": "", "token_ids": ids, "logprobs": None,
-                  "finish_reason": "length" if i == chunks - 1 else None, "stop_reason": None,
-                  "avg_decoded_tokens_per_iter": total / (i + 1)}  # fmt: skip
+        choice = {
+            "index": 0,
+            "text": "",
+            "token_ids": ids,
+            "logprobs": None,
+            "finish_reason": "length" if i == chunks - 1 else None,
+            "stop_reason": None,
+            "avg_decoded_tokens_per_iter": total / (i + 1),
+        }
         usage = {"prompt_tokens": 3, "completion_tokens": total, "total_tokens": 3 + total}
         out.append(f"data: {json.dumps({**head, 'choices': [choice], 'usage': usage})}\n\n")
     out.append("data: [DONE]\n\n")
@@ -83,8 +89,9 @@ async def bare_openai(url: str, chunks: int) -> float:
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
     start = time.perf_counter()
-    stream = await client.completions.create(model="m", prompt=[1, 2, 3], max_tokens=10**6,
-                                             temperature=0, stream=True)  # fmt: skip
+    stream = await client.completions.create(
+        model="m", prompt=[1, 2, 3], max_tokens=10**6, temperature=0, stream=True
+    )
     seen = 0
     async for _chunk in stream:
         seen += 1
@@ -99,8 +106,9 @@ async def bench_engine(url: str, chunks: int) -> float:
     from bench.engines import SamplingParams
     from bench.engines.openai_compat import OpenAIEngine
 
-    config = load_config(None, {"engine.kind": "openai", "engine.base_url": url,
-                                "engine.scrape_metrics": False})  # fmt: skip
+    config = load_config(
+        None, {"engine.kind": "openai", "engine.base_url": url, "engine.scrape_metrics": False}
+    )
     engine = OpenAIEngine(config, _Chat())
     start = time.perf_counter()
     generation = await engine.generate([1, 2, 3], SamplingParams(0.0, 10**6, 3))
@@ -122,8 +130,9 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
-                               "--chunks", str(args.chunks)])  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--chunks", str(args.chunks)]
+    )
     try:
         import httpx2
 

@@ -43,8 +43,11 @@ def main() -> None:
     print(f"{len(shared)} turns in both runs")
     print(f"identical token ids: {same_tokens}; of those, identical steps: {same_steps}")
     # A turn 2 differs whenever its turn 1 did (its prompt holds turn 1's answer).
-    inherited = sum(1 for (qid, turn), _, _ in differing if turn == 2 and (qid, 1) in
-                    {k for k, _, _ in differing})  # fmt: skip
+    inherited = sum(
+        1
+        for (qid, turn), _, _ in differing
+        if turn == 2 and (qid, 1) in {k for k, _, _ in differing}
+    )
     print(f"differing: {len(differing)} ({inherited} of them turn 2 after a differing turn 1)")
     for (qid, turn), at, _ in differing:
         print(f"  question {qid} turn {turn}: first different token at position {at}")

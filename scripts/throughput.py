@@ -37,8 +37,17 @@ def full_run(args: argparse.Namespace) -> None:
     """`bench run --draft-len 3` on everything, in a child process: wall and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "run"
-        command = [sys.executable, "-m", "bench", "run", "--draft-len", str(args.draft_len),
-                   "--quiet", "--out", str(out)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--draft-len",
+            str(args.draft_len),
+            "--quiet",
+            "--out",
+            str(out),
+        ]
         if args.config:
             command += ["--config", args.config]
         if args.batch_size:
@@ -80,13 +89,15 @@ def sweep(engine: ReferenceEngine, config, prompts: list[list[int]], sampling, s
     device = engine.info.details["device"]
     print(f"{'batch':>5} {'tokens':>6} {'seconds':>7} {'tok/s':>6} {'steps':>5}")
     for size in sizes:
-        drafter, _ = build_drafter(config.engine.drafter, engine.model,
-                                   engine.chat_format.tokenizer, device, size)  # fmt: skip
+        drafter, _ = build_drafter(
+            config.engine.drafter, engine.model, engine.chat_format.tokenizer, device, size
+        )
         decoder = SpeculativeDecoder(engine.model, drafter, engine.decoder.stop_token_ids, size)
         rows, elapsed, steps = decode_together(decoder, prompts, sampling)
         tokens = sum(len(row.out) for row in rows)
-        print(f"{size:>5} {tokens:>6} {elapsed:>7.1f} {tokens / elapsed:>6.1f} {steps:>5}",
-              flush=True)  # fmt: skip
+        print(
+            f"{size:>5} {tokens:>6} {elapsed:>7.1f} {tokens / elapsed:>6.1f} {steps:>5}", flush=True
+        )
 
 
 def main() -> None:
@@ -123,8 +134,10 @@ def main() -> None:
         f"threads={torch.get_num_threads()}, {len(prompts)} prompts, "
         f"max_tokens={args.max_tokens}, k={args.draft_len}, batch={batched.batch_size}"
     )
-    print(f"{'question':>8} {'category':<11} {'tokens':>6} {'plain tok/s':>11} "
-          f"{'batch-1 tok/s':>13} {'AL':>5} same")  # fmt: skip
+    print(
+        f"{'question':>8} {'category':<11} {'tokens':>6} {'plain tok/s':>11} "
+        f"{'batch-1 tok/s':>13} {'AL':>5} same"
+    )
 
     plain_s = one_s = 0.0
     plain_out, one_out = [], []

@@ -114,11 +114,13 @@ def main() -> None:
             )["input_ids"]
             outputs = {
                 name: model.generate(
-                    prompt, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                    prompt,
+                    max_new_tokens=args.tokens,
+                    min_new_tokens=args.tokens,
                     do_sample=False,
-                )[0, prompt.shape[1]:]
+                )[0, prompt.shape[1] :]
                 for name, model in models.items()
-            }  # fmt: skip
+            }
             reference = outputs["float32"]
             forced = torch.cat([prompt[0], reference])[None]
             want = models["float32"](forced).logits[0, prompt.shape[1] - 1 : -1].argmax(-1)

@@ -30,10 +30,18 @@ def category_of(qid: int) -> str:
 
 def turn(qid: int, t: int, steps: list[int], text: str = "an answer", **kw) -> TurnRecord:
     fields = dict(
-        question_id=qid, category=category_of(qid), turn=t, prompt_tokens=20, steps=steps,
-        prefill_step=True, output_tokens=sum(steps), token_ids=list(range(sum(steps))),
-        text=text, finish_reason="stop", duration_s=0.5,
-    )  # fmt: skip
+        question_id=qid,
+        category=category_of(qid),
+        turn=t,
+        prompt_tokens=20,
+        steps=steps,
+        prefill_step=True,
+        output_tokens=sum(steps),
+        token_ids=list(range(sum(steps))),
+        text=text,
+        finish_reason="stop",
+        duration_s=0.5,
+    )
     fields.update(kw)
     return TurnRecord(**fields)
 
@@ -78,11 +86,16 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
     ) -> Path:
         records = list(records if records is not None else records_for())
         ids = list(question_ids or sorted({r.question_id for r in records}))
-        config = load_config(None, {
-            "draft_len": draft_len, "sampling.temperature": temperature,
-            "sampling.max_tokens": max_tokens, "conversation.turn2_history": turn2_history,
-            "engine.drafter.max_ngram": max_ngram,
-        })  # fmt: skip
+        config = load_config(
+            None,
+            {
+                "draft_len": draft_len,
+                "sampling.temperature": temperature,
+                "sampling.max_tokens": max_tokens,
+                "conversation.turn2_history": turn2_history,
+                "engine.drafter.max_ngram": max_ngram,
+            },
+        )
         target = {**({"name": target_name} if target_name else {}), **(target_fields or {})}
         if target:
             config = config.model_copy(update={"target": config.target.model_copy(update=target)})
@@ -92,10 +105,14 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
             summary = summary.model_copy(update={"methodology_version": methodology})
             extra["methodology_version"] = methodology
         manifest = Manifest(
-            run_id=run_id or name, config=config, status="complete", started_at=started_at,
+            run_id=run_id or name,
+            config=config,
+            status="complete",
+            started_at=started_at,
             dataset=DatasetInfo(source="test", sha256="0" * 64, question_ids=ids),
-            git={"commit": "0123456789abcdef", "dirty": False}, **extra,
-        )  # fmt: skip
+            git={"commit": "0123456789abcdef", "dirty": False},
+            **extra,
+        )
         run = RunDir.create((root or tmp_path) / name)
         run.write_manifest(manifest)
         write_text_atomic(run.records_path, "".join(r.model_dump_json() + "\n" for r in records))
@@ -124,9 +141,17 @@ def write_questions(path: Path, per_category: int = 2) -> Path:
     for c, category in enumerate(CATEGORIES):
         for i in range(per_category):
             qid = 81 + 10 * c + i
-            lines.append(json.dumps({
-                "question_id": qid, "category": category,
-                "turns": [f"Question {qid}: say something about {category}.", "Now shorter."],
-            }))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "question_id": qid,
+                        "category": category,
+                        "turns": [
+                            f"Question {qid}: say something about {category}.",
+                            "Now shorter.",
+                        ],
+                    }
+                )
+            )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

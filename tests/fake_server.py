@@ -89,8 +89,11 @@ class ScriptedEngine:
         tokens: list[int] = []
         steps = 0
         while True:
-            want = 1 if not steps else min(self.pattern[(steps - 1) % len(self.pattern)],
-                                           sampling.draft_len + 1)  # fmt: skip
+            want = (
+                1
+                if not steps
+                else min(self.pattern[(steps - 1) % len(self.pattern)], sampling.draft_len + 1)
+            )
             new = []
             for _ in range(want):
                 if len(tokens) + len(new) >= sampling.max_tokens:
@@ -143,8 +146,11 @@ class ScriptedEngine:
                 if self.on_iteration is not None:
                     first = len(steps) == 1
                     k = 0 if first else sampling.draft_len
-                    self.on_iteration(IterationStats(1, first, k, 0 if first else len(new) - 1,
-                                                     int(k > 0), len(new)))  # fmt: skip
+                    self.on_iteration(
+                        IterationStats(
+                            1, first, k, 0 if first else len(new) - 1, int(k > 0), len(new)
+                        )
+                    )
                 if on_step:
                     on_step(new)
         finally:

@@ -22,11 +22,15 @@ def make_run(path, records, *, draft_len=3, started_at="2026-01-01T00:00:00+00:0
     """A run directory as `bench run` leaves it (no summary.json: loaders never read it)."""
     run = RunDir.create(path)
     ids = sorted({r.question_id for r in records})
-    run.write_manifest(Manifest(
-        run_id=run_id or path.name, config=load_config(None, {"draft_len": draft_len}),
-        dataset=DatasetInfo(source="test", sha256="0", question_ids=ids),
-        started_at=started_at, status="complete",
-    ))  # fmt: skip
+    run.write_manifest(
+        Manifest(
+            run_id=run_id or path.name,
+            config=load_config(None, {"draft_len": draft_len}),
+            dataset=DatasetInfo(source="test", sha256="0", question_ids=ids),
+            started_at=started_at,
+            status="complete",
+        )
+    )
     with RecordWriter(run.records_path) as writer:
         for r in records:
             writer.append(r)
@@ -52,8 +56,11 @@ def test_categories_frame_reproduces_the_worked_example(worked):
     assert frame.loc["overall", "acceptance_length"] == pytest.approx(22 / 9)
     # The run's identity travels with every row.
     assert (w["run"], w["engine"], w["model"], w["draft_len"]) == (
-        "worked", "reference", "SmolLM2-135M-Instruct", 3,
-    )  # fmt: skip
+        "worked",
+        "reference",
+        "SmolLM2-135M-Instruct",
+        3,
+    )
     assert (w["reasoning_effort"], w["temperature"]) == ("medium", 0.0)
     assert {"commit", "max_tokens", "started_at"} <= set(frame.columns)
 
@@ -115,8 +122,11 @@ def test_card_table_beside_a_reference(worked):
 
 
 def test_incomplete_run_counts_only_complete_questions(tmp_path):
-    records = [*WORKED, record(82, 1, [1, 2]), record(83, 1, [], finish_reason="error",
-               error="boom", prefill_step=False)]  # fmt: skip
+    records = [
+        *WORKED,
+        record(82, 1, [1, 2]),
+        record(83, 1, [], finish_reason="error", error="boom", prefill_step=False),
+    ]
     run = analysis.load_run(make_run(tmp_path / "partial", records), question_texts=False)
     assert run.summary.counted_questions == 1 and not run.summary.complete
     turns = analysis.turns_frame([run])
@@ -130,9 +140,11 @@ def test_lowest_questions_sorted_with_snippets(tmp_path):
     long_text = "word " * 50
     records = [
         *WORKED,
-        record(82, 1, [1, 1, 1], text=long_text), record(82, 2, [1, 1]),
-        record(83, 1, [1, 4, 4], category="math"), record(83, 2, [1, 4]),
-    ]  # fmt: skip
+        record(82, 1, [1, 1, 1], text=long_text),
+        record(82, 2, [1, 1]),
+        record(83, 1, [1, 4, 4], category="math"),
+        record(83, 2, [1, 4]),
+    ]
     run = analysis.load_run(make_run(tmp_path / "three", records), question_texts=False)
     low = analysis.lowest_questions([run], n=2, snippet_chars=20)
     assert list(low["question_id"]) == [82, 81]
@@ -149,9 +161,10 @@ def test_lowest_questions_sorted_with_snippets(tmp_path):
 
 def test_compare_runs_pairs_shared_questions(tmp_path):
     base_records = [
-        r for qid, al in zip(range(81, 87), [1, 2, 1, 2, 1, 2])
+        r
+        for qid, al in zip(range(81, 87), [1, 2, 1, 2, 1, 2])
         for r in (record(qid, 1, [1, 1 + al]), record(qid, 2, [1, 1 + al]))
-    ]  # fmt: skip
+    ]
     better = [r.model_copy(update={"steps": [1, r.steps[1] + 1]}) for r in base_records]
     base = make_run(tmp_path / "base", base_records, started_at="2026-01-02T00:00:00+00:00")
     other = make_run(tmp_path / "other", better, draft_len=3)

@@ -32,8 +32,11 @@ def test_acceptance_defaults_match_the_committed_baseline():
     baseline = RunDir.open(BASELINE).read_manifest()
     b = baseline.config
     assert (config.draft_len, config.sampling, config.conversation, config.dataset.limit) == (
-        b.draft_len, b.sampling, b.conversation, b.dataset.limit
-    )  # fmt: skip
+        b.draft_len,
+        b.sampling,
+        b.conversation,
+        b.dataset.limit,
+    )
     assert config.target == b.target and config.engine == b.engine
     assert baseline.status == "complete"
 
@@ -41,8 +44,17 @@ def test_acceptance_defaults_match_the_committed_baseline():
 def test_ci_gate_passes_the_baseline_against_itself(tmp_path):
     gate = default(ACCEPTANCE.read_text(), "GATE")
     assert (REPO_ROOT / gate).is_file()
-    code = main(["compare", str(BASELINE), str(BASELINE), "--gate", str(REPO_ROOT / gate),
-                 "--out", str(tmp_path)])  # fmt: skip
+    code = main(
+        [
+            "compare",
+            str(BASELINE),
+            str(BASELINE),
+            "--gate",
+            str(REPO_ROOT / gate),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     data = json.loads((tmp_path / "compare.json").read_text())
     assert [j["ok"] for j in data["joint_acceptance"]] == [True, True, True]

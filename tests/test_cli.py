@@ -18,8 +18,12 @@ def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "bench", *args],
-        capture_output=True, text=True, cwd=cwd or REPO_ROOT, env=env, timeout=1800,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        env=env,
+        timeout=1800,
+    )
 
 
 def assert_one_clear_error(result: subprocess.CompletedProcess, fragment: str) -> None:

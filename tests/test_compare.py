@@ -57,8 +57,15 @@ def test_identical_runs_pass_and_say_so(make_run, tmp_path, capsys):
     assert overall["delta_ci95"] == [0.0, 0.0] and overall["beyond_noise"] is False
     assert overall["paired_questions"] == len(QIDS)
     assert [r["name"] for r in data["rows"][:-1]] == [
-        "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"
-    ]  # fmt: skip
+        "writing",
+        "roleplay",
+        "reasoning",
+        "math",
+        "coding",
+        "extraction",
+        "stem",
+        "humanities",
+    ]
     assert "| overall |" in md and "Δ 95 % CI" in md
 
 
@@ -240,8 +247,9 @@ def test_reference_table_side_compares_on_what_it_has(make_run, tmp_path, capsys
     writing = data["rows"][0]
     assert writing["baseline"] == 2.282 and writing["beyond_noise"] in (True, False)
     # The table's draft length is still checked.
-    code, data, _ = gate(tmp_path, str(REFERENCE), str(make_run("k4", draft_len=4)),
-                         "--tolerance", "1", out="k4")  # fmt: skip
+    code, data, _ = gate(
+        tmp_path, str(REFERENCE), str(make_run("k4", draft_len=4)), "--tolerance", "1", out="k4"
+    )
     assert code == 1 and failing(data) == [("incomparable", "draft_len")]
 
 

@@ -45,8 +45,14 @@ def results(tmp_path, make_run) -> Path:
     make_run("run-b", root=root / "runs", started_at="2026-11-28T20:00:00+00:00", draft_len=4)
     records = worse_math()
     records[0] = records[0].model_copy(update={"text": HOSTILE_TEXT})
-    make_run("run-c", records, root=root / "runs", started_at="2026-11-29T08:00:00+00:00",
-             run_id=HOSTILE_ID, target_name="Smol<script>window.__pwned=4</script>")  # fmt: skip
+    make_run(
+        "run-c",
+        records,
+        root=root / "runs",
+        started_at="2026-11-29T08:00:00+00:00",
+        run_id=HOSTILE_ID,
+        target_name="Smol<script>window.__pwned=4</script>",
+    )
     # Something that looks like a run but is not readable, and unrelated files.
     (root / "runs" / "broken").mkdir()
     (root / "runs" / "broken" / "manifest.json").write_text("{}")
@@ -121,10 +127,17 @@ def test_no_runs_is_unusable_input(tmp_path, capsys):
 
 
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1400,1000",
-]  # fmt: skip
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+]
 
 
 def _browser():

@@ -101,8 +101,10 @@ def _save_local_dataset(folder, rows):
 
 def test_hf_schema_fastchat_fields(tmp_path):
     canonical = load_default_questions()
-    rows = [{"question_id": q.question_id, "category": q.category, "turns": list(q.turns)}
-            for q in canonical[:16]]  # fmt: skip
+    rows = [
+        {"question_id": q.question_id, "category": q.category, "turns": list(q.turns)}
+        for q in canonical[:16]
+    ]
     loaded = read_hf_dataset(_save_local_dataset(tmp_path / "philschmid", rows), "train")
     assert [q.question_id for q in loaded.questions] == [q.question_id for q in canonical[:16]]
 
@@ -110,8 +112,10 @@ def test_hf_schema_fastchat_fields(tmp_path):
 def test_hf_schema_h4_prompts_get_canonical_ids(tmp_path):
     canonical = load_default_questions()
     picked = [canonical[0], canonical[35], canonical[79]]
-    rows = [{"prompt": list(q.turns), "prompt_id": f"hash{i}", "category": q.category,
-             "reference": []} for i, q in enumerate(picked)]  # fmt: skip
+    rows = [
+        {"prompt": list(q.turns), "prompt_id": f"hash{i}", "category": q.category, "reference": []}
+        for i, q in enumerate(picked)
+    ]
     loaded = read_hf_dataset(_save_local_dataset(tmp_path / "h4", rows), "train")
     assert [q.question_id for q in loaded.questions] == [q.question_id for q in picked]
     assert loaded.questions[1].turns == picked[1].turns

@@ -89,9 +89,12 @@ def test_identical_draft_model_is_accepted_on_every_draft(target, head):
 # Turns of different lengths and budgets, more than the batch holds: they join as others
 # leave, and reuse the slots freed.
 BATCH_PROMPTS = [
-    PROMPTS[0], PROMPTS[1], [0, 22, 40], [0, 11, 50, 11, 50, 11, 6, 19, 27, 11, 50, 60, 3],
+    PROMPTS[0],
+    PROMPTS[1],
+    [0, 22, 40],
+    [0, 11, 50, 11, 50, 11, 6, 19, 27, 11, 50, 60, 3],
     [0, 44, 2, 9, 13, 44],
-]  # fmt: skip
+]
 BATCH_MAX_TOKENS = [24, 10, 17, 20, 5]
 KINDS = ["ngram", "draft_model_twin", "draft_model_other", "eagle3"]
 
@@ -117,10 +120,11 @@ def decode_together(target, drafter, temperature=0.0, k=3):
     steps, drafted). Turn i samples with seed 10 + i."""
     decoder = SpeculativeDecoder(target, drafter, {STOP}, batch_size=3)
     rows = [
-        decoder.submit(prompt, SamplingParams(temperature=temperature, max_tokens=m,
-                                              draft_len=k, seed=10 + i))
+        decoder.submit(
+            prompt, SamplingParams(temperature=temperature, max_tokens=m, draft_len=k, seed=10 + i)
+        )
         for i, (prompt, m) in enumerate(zip(BATCH_PROMPTS, BATCH_MAX_TOKENS))
-    ]  # fmt: skip
+    ]
     while decoder.busy:
         decoder.step()
     assert all(row.error is None for row in rows)
@@ -146,8 +150,9 @@ def test_sampled_turns_decoded_together_follow_their_own_seeds(kind, target, hea
     together = decode_together(target, make_drafter(kind, target, head, slots=3), 1.0)
     alone = make_drafter(kind, target, head)
     for i, (prompt, max_tokens, row) in enumerate(zip(BATCH_PROMPTS, BATCH_MAX_TOKENS, together)):
-        assert row == decode(target, alone, prompt, max_tokens=max_tokens, temperature=1.0,
-                             seed=10 + i)  # fmt: skip
+        assert row == decode(
+            target, alone, prompt, max_tokens=max_tokens, temperature=1.0, seed=10 + i
+        )
     assert together != decode_together(target, make_drafter(kind, target, head, slots=3))
 
 
@@ -269,10 +274,13 @@ def test_drafter_paths_are_relative_to_the_config_file(tmp_path):
     base = "name: x\ntarget: {name: t, hf_id: some/target}\n"
     for drafter, field, expected in (
         ("{kind: eagle3, checkpoint: heads/mine}", "checkpoint", str(tmp_path / "heads" / "mine")),
-        ("{kind: eagle3, checkpoint: yuhuili/EAGLE3-LLaMA3.1-Instruct-8B}", "checkpoint",
-         "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B"),  # no such folder: a hub id, as written
+        (
+            "{kind: eagle3, checkpoint: yuhuili/EAGLE3-LLaMA3.1-Instruct-8B}",
+            "checkpoint",
+            "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B",
+        ),  # no such folder: a hub id, as written
         ("{kind: draft_model, path: drafts/small}", "path", str(tmp_path / "drafts" / "small")),
-    ):  # fmt: skip
+    ):
         path = tmp_path / "run.yaml"
         path.write_text(base + f"engine: {{kind: reference, drafter: {drafter}}}\n")
         assert getattr(load_config(path).engine.drafter, field) == expected

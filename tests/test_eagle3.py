@@ -92,10 +92,19 @@ CASES = {
     "speculators-narrow-head-own-embedding": ("speculators", 16, 24, [0, 2, 4], True, {}),
     "norm-before-residual": ("specforge", 32, 24, None, False, {"norm_before_residual": True}),
     "eagle3.1-flags": (
-        "modelopt", 32, 24, [1, 3, 5], False,
-        {"norm_before_fc": True, "fc_norm": True, "norm_output": True, "norm_before_residual": True},
+        "modelopt",
+        32,
+        24,
+        [1, 3, 5],
+        False,
+        {
+            "norm_before_fc": True,
+            "fc_norm": True,
+            "norm_output": True,
+            "norm_before_residual": True,
+        },
     ),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +188,16 @@ def test_deepseek_mla_head_is_refused_by_name(target, tmp_path):
     folder = tmp_path / "kimi-head"
     folder.mkdir()
     config = {
-        "architectures": ["Eagle3DeepseekV2ForCausalLM"], "model_type": "kimi_k2",
-        "hidden_size": 32, "num_hidden_layers": 1, "vocab_size": 64, "draft_vocab_size": 64,
-        "q_lora_rank": 8, "kv_lora_rank": 8, "qk_rope_head_dim": 4,
-    }  # fmt: skip
+        "architectures": ["Eagle3DeepseekV2ForCausalLM"],
+        "model_type": "kimi_k2",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "vocab_size": 64,
+        "draft_vocab_size": 64,
+        "q_lora_rank": 8,
+        "kv_lora_rank": 8,
+        "qk_rope_head_dim": 4,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     from safetensors.torch import save_file
 

@@ -50,7 +50,7 @@ def fake_launch(tokenizer_dir: Path, tmp_path: Path, delay: float = 0.0) -> dict
             str(delay),
             "--pid-file",
             str(tmp_path / "server.pid"),
-        ],  # fmt: skip
+        ],
         "health_timeout_s": 60,
         "stop_timeout_s": 5,
     }
@@ -59,8 +59,11 @@ def fake_launch(tokenizer_dir: Path, tmp_path: Path, delay: float = 0.0) -> dict
 def test_launched_server_gets_the_draft_len_runs_and_is_stopped(
     tokenizer_dir, write_config, tmp_path
 ):
-    engine = {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}",
-              "launch": fake_launch(tokenizer_dir, tmp_path)}  # fmt: skip
+    engine = {
+        "kind": "openai",
+        "base_url": f"http://127.0.0.1:{free_port()}",
+        "launch": fake_launch(tokenizer_dir, tmp_path),
+    }
     config = load_config(write_config(engine), {"draft_len": 2})
     openai_engine = OpenAIEngine(config, chat_format(tokenizer_dir))
     pid = int((tmp_path / "server.pid").read_text())
@@ -75,17 +78,31 @@ def test_launched_server_gets_the_draft_len_runs_and_is_stopped(
 
 
 def test_ctrl_c_stops_the_launched_server(tokenizer_dir, write_config, tmp_path):
-    engine = {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}",
-              "launch": fake_launch(tokenizer_dir, tmp_path, delay=2.0)}  # fmt: skip
+    engine = {
+        "kind": "openai",
+        "base_url": f"http://127.0.0.1:{free_port()}",
+        "launch": fake_launch(tokenizer_dir, tmp_path, delay=2.0),
+    }
     config = write_config(engine)  # 8 turns of 2 s steps: a minute, far longer than Ctrl-C takes
     run = subprocess.Popen(
-        [sys.executable, "-m", "bench", "run", "--config", str(config), "--out",
-         str(tmp_path / "run"), "--quiet"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         # A shell runs background jobs with SIGINT ignored, and a child inherits that;
         # give the run the default disposition a terminal's Ctrl-C meets.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 600  # generous: CI machines are shared and slow
     records = tmp_path / "run" / "records.jsonl"
     while not (records.exists() and records.read_text().strip()):
@@ -104,10 +121,15 @@ def test_ctrl_c_stops_the_launched_server(tokenizer_dir, write_config, tmp_path)
 
 def test_health_never_ready_shows_the_log_tail_and_stops(tmp_path):
     launch = LaunchConfig(
-        command=[sys.executable, "-c", "import time; print('loading weights', flush=True); "
-                 "time.sleep(60)", "{draft_len}"],
-        health_timeout_s=1.5, stop_timeout_s=5,
-    )  # fmt: skip
+        command=[
+            sys.executable,
+            "-c",
+            "import time; print('loading weights', flush=True); time.sleep(60)",
+            "{draft_len}",
+        ],
+        health_timeout_s=1.5,
+        stop_timeout_s=5,
+    )
     server = LaunchedServer(launch, f"http://127.0.0.1:{free_port()}", 3)
     server.start()
     process = server.process
@@ -122,8 +144,14 @@ def test_health_never_ready_shows_the_log_tail_and_stops(tmp_path):
 
 
 def test_server_that_exits_reports_its_code_and_log(tmp_path):
-    launch = LaunchConfig(command=[sys.executable, "-c", "import sys; print('CUDA error: no GPU');"
-                                   " sys.exit(3)", "{draft_len}"])  # fmt: skip
+    launch = LaunchConfig(
+        command=[
+            sys.executable,
+            "-c",
+            "import sys; print('CUDA error: no GPU'); sys.exit(3)",
+            "{draft_len}",
+        ]
+    )
     server = LaunchedServer(launch, f"http://127.0.0.1:{free_port()}", 3)
     server.start()
     with pytest.raises(BenchError, match="(?s)exited with code 3.*CUDA error: no GPU"):
@@ -138,15 +166,29 @@ def test_draft_len_must_reach_the_command():
 
 def test_extra_llm_api_yaml_gets_the_draft_len(tmp_path):
     card = tmp_path / "extra.yml"
-    card.write_text(yaml.safe_dump({"speculative_config": {
-        "decoding_type": "Eagle", "max_draft_len": 3, "speculative_model_dir": "/ckpt"}}))  # fmt: skip
+    card.write_text(
+        yaml.safe_dump(
+            {
+                "speculative_config": {
+                    "decoding_type": "Eagle",
+                    "max_draft_len": 3,
+                    "speculative_model_dir": "/ckpt",
+                }
+            }
+        )
+    )
     launch = LaunchConfig(
         command=["trtllm-serve", "m", "--extra_llm_api_options", "{extra_llm_api_options}"],
         extra_llm_api_options=str(card),
     )
     options = extra_llm_api_options(launch, 5)
-    assert options == {"speculative_config": {
-        "decoding_type": "Eagle", "max_draft_len": 5, "speculative_model_dir": "/ckpt"}}  # fmt: skip
+    assert options == {
+        "speculative_config": {
+            "decoding_type": "Eagle",
+            "max_draft_len": 5,
+            "speculative_model_dir": "/ckpt",
+        }
+    }
     argv = build_command(launch, "http://0.0.0.0:8123", 5, tmp_path / "written.yml")
     assert argv[-1] == str(tmp_path / "written.yml")
 
@@ -155,18 +197,50 @@ def test_kimi_config_reproduces_the_card_recipe_and_fails_clearly_without_trtllm
     config = load_config(REPO / "configs" / "kimi-k2-thinking-eagle3.yaml", {"draft_len": 3})
     launch = config.engine.launch
     options = extra_llm_api_options(launch, 3)
-    assert options["speculative_config"] == {"decoding_type": "Eagle", "max_draft_len": 3,
-        "speculative_model_dir": "nvidia/Kimi-K2-Thinking-Eagle3"}  # fmt: skip
+    assert options["speculative_config"] == {
+        "decoding_type": "Eagle",
+        "max_draft_len": 3,
+        "speculative_model_dir": "nvidia/Kimi-K2-Thinking-Eagle3",
+    }
     argv = build_command(launch, config.engine.base_url, 3, Path("x.yml"))
-    assert argv == ["trtllm-serve", "nvidia/Kimi-K2-Thinking-NVFP4", "--host", "0.0.0.0",
-                    "--port", "8000", "--backend", "pytorch", "--max_batch_size", "32",
-                    "--max_num_tokens", "8192", "--max_seq_len", "8192", "--tp_size", "4",
-                    "--extra_llm_api_options", "x.yml"]  # fmt: skip
+    assert argv == [
+        "trtllm-serve",
+        "nvidia/Kimi-K2-Thinking-NVFP4",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--backend",
+        "pytorch",
+        "--max_batch_size",
+        "32",
+        "--max_num_tokens",
+        "8192",
+        "--max_seq_len",
+        "8192",
+        "--tp_size",
+        "4",
+        "--extra_llm_api_options",
+        "x.yml",
+    ]
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--config",
-         "configs/kimi-k2-thinking-eagle3.yaml", "--draft-len", "3", "--out", str(tmp_path / "r")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--config",
+            "configs/kimi-k2-thinking-eagle3.yaml",
+            "--draft-len",
+            "3",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "install TensorRT-LLM" in lines[0], run.stderr

@@ -20,10 +20,18 @@ from bench.records import TurnRecord
 
 def record(qid: int, turn: int, steps: list[int], category: str = "writing", **kw) -> TurnRecord:
     fields = dict(
-        question_id=qid, category=category, turn=turn, prompt_tokens=10, steps=steps,
-        prefill_step=True, output_tokens=sum(steps), token_ids=list(range(sum(steps))),
-        text="x", finish_reason="stop", duration_s=1.0,
-    )  # fmt: skip
+        question_id=qid,
+        category=category,
+        turn=turn,
+        prompt_tokens=10,
+        steps=steps,
+        prefill_step=True,
+        output_tokens=sum(steps),
+        token_ids=list(range(sum(steps))),
+        text="x",
+        finish_reason="stop",
+        duration_s=1.0,
+    )
     fields.update(kw)
     return TurnRecord(**fields)
 
@@ -83,9 +91,11 @@ def test_proposed_rate_uses_engine_drafts_when_known():
 
 def test_categories_in_card_order_and_overall_mean_of_questions():
     recs = [
-        record(111, 1, [1, 2], category="math"), record(111, 2, [1, 2], category="math"),
-        record(81, 1, [1, 1]), record(81, 2, [1, 1]),
-    ]  # fmt: skip
+        record(111, 1, [1, 2], category="math"),
+        record(111, 2, [1, 2], category="math"),
+        record(81, 1, [1, 1]),
+        record(81, 2, [1, 1]),
+    ]
     s = summarize(recs, draft_len=3)
     assert list(s.categories) == ["writing", "math"]
     assert s.overall.acceptance_length == pytest.approx((1.5 + 1.0) / 2)

@@ -44,21 +44,30 @@ def test_notebook_runs_headlessly_on_real_runs(tmp_path, monkeypatch):
     # model card's table, and draft length 2, so the comparison section runs too.
     runs = []
     for draft_len in (3, 2):
-        config = load_config(None, {
-            "draft_len": draft_len, "dataset.question_ids": [81, 111],
-            "sampling.max_tokens": 8, "reference": str(REFERENCE),
-        })  # fmt: skip
+        config = load_config(
+            None,
+            {
+                "draft_len": draft_len,
+                "dataset.question_ids": [81, 111],
+                "sampling.max_tokens": 8,
+                "reference": str(REFERENCE),
+            },
+        )
         runs.append(execute(config, out=tmp_path / f"k{draft_len}", quiet=True))
 
     monkeypatch.setenv("BENCH_RUN_DIRS", os.pathsep.join(str(o.run.path) for o in runs))
     monkeypatch.setenv("BENCH_BUCKET_TOKENS", "4")
     # The kernel imports this checkout's bench, whatever else is installed.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
-        notebook, timeout=300, kernel_name="python3",
+        notebook,
+        timeout=300,
+        kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )  # fmt: skip
+    )
     client.execute()  # raises CellExecutionError on any cell error
 
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]

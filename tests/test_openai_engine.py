@@ -31,8 +31,18 @@ from bench.records import read_records
 from bench.runner import execute
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
-COMPARED = ("question_id", "turn", "prompt_tokens", "steps", "prefill_step", "output_tokens",
-            "token_ids", "text", "finish_reason", "error")  # fmt: skip
+COMPARED = (
+    "question_id",
+    "turn",
+    "prompt_tokens",
+    "steps",
+    "prefill_step",
+    "output_tokens",
+    "token_ids",
+    "text",
+    "finish_reason",
+    "error",
+)
 
 
 def replay(name: str, draft_len: int = 3) -> StreamState:
@@ -149,8 +159,9 @@ def test_concurrent_questions_through_the_server(tokenizer_dir, write_config, tm
     step of the scripted engine takes 50 ms, so the turns overlap)."""
     app = scripted_app(tokenizer_dir, draft_len=3, delay_s=0.05)
     with ThreadedServer(app) as server:
-        config = load_config(write_config({"kind": "openai", "base_url": server.url}),
-                             {"concurrency": 3})  # fmt: skip
+        config = load_config(
+            write_config({"kind": "openai", "base_url": server.url}), {"concurrency": 3}
+        )
         records = read_records(execute(config, out=tmp_path / "c3", quiet=True).run.records_path)
     assert len(records) == 8 and all(r.ok for r in records)
     assert all("engine_metrics_delta" not in r.engine_counters for r in records)  # not attributable
@@ -169,9 +180,14 @@ def test_official_openai_client_reads_the_stream(scripted_server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=scripted_server.url + "/v1", api_key="none")
     stream = client.completions.create(
-        model="scripted", prompt=[3, 4, 5], max_tokens=8, temperature=0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"return_token_ids": True},
-    )  # fmt: skip
+        model="scripted",
+        prompt=[3, 4, 5],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"return_token_ids": True},
+    )
     chunks = list(stream)
     assert sum(len(c.choices[0].token_ids) for c in chunks if c.choices) == 8
     assert chunks[-1].usage.completion_tokens == 8
@@ -180,8 +196,10 @@ def test_official_openai_client_reads_the_stream(scripted_server):
 def test_metrics_endpoint_is_emptied_on_read(scripted_server):
     import httpx2
 
-    httpx2.post(scripted_server.url + "/v1/completions",
-                json={"prompt": [3, 4], "max_tokens": 5, "temperature": 0})  # fmt: skip
+    httpx2.post(
+        scripted_server.url + "/v1/completions",
+        json={"prompt": [3, 4], "max_tokens": 5, "temperature": 0},
+    )
     first = httpx2.get(scripted_server.url + "/metrics").json()
     assert len(first) >= 2 and "specDecodingStats" in first[0]
     assert httpx2.get(scripted_server.url + "/metrics").json() == []
@@ -228,12 +246,19 @@ def test_sglang_native_generate_stream_and_spec_verify_ct():
     assert counters["checks"]["spec_verify_ct_matches"]
 
 
-@pytest.mark.parametrize("api, server, path, expected", [
-    ("completions", "trtllm", "/v1/completions", {"prompt": [1, 2], "detokenize": False}),
-    ("completions", "vllm", "/v1/completions", {"prompt": [1, 2], "return_token_ids": True}),
-    ("generate", "sglang", "/generate", {"input_ids": [1, 2], "sampling_params": {
-        "temperature": 0.0, "max_new_tokens": 5}}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "api, server, path, expected",
+    [
+        ("completions", "trtllm", "/v1/completions", {"prompt": [1, 2], "detokenize": False}),
+        ("completions", "vllm", "/v1/completions", {"prompt": [1, 2], "return_token_ids": True}),
+        (
+            "generate",
+            "sglang",
+            "/generate",
+            {"input_ids": [1, 2], "sampling_params": {"temperature": 0.0, "max_new_tokens": 5}},
+        ),
+    ],
+)
 def test_request_body_per_server(api, server, path, expected):
     from types import SimpleNamespace
 

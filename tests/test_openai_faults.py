@@ -22,9 +22,14 @@ GOOD_STEPS = [[6], [7, 8], [9, 10, 11]]
 
 
 def chunk(ids: list[int], total: int, finish: str | None) -> str:
-    body = {"id": "x", "object": "text_completion", "created": 0, "model": "broken",
-            "choices": [{"index": 0, "text": "", "token_ids": ids, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": total, "total_tokens": 3 + total}}  # fmt: skip
+    body = {
+        "id": "x",
+        "object": "text_completion",
+        "created": 0,
+        "model": "broken",
+        "choices": [{"index": 0, "text": "", "token_ids": ids, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": total, "total_tokens": 3 + total},
+    }
     return f"data: {json.dumps(body)}\n\n"
 
 
@@ -43,8 +48,9 @@ def broken_app(plan: list[str], seen: list[str]) -> Any:
         behaviour = plan.pop(0) if len(plan) > 1 else plan[0]
         seen.append(behaviour)
         if behaviour.isdigit():
-            return JSONResponse({"object": "error", "message": f"status {behaviour}"},
-                                status_code=int(behaviour))  # fmt: skip
+            return JSONResponse(
+                {"object": "error", "message": f"status {behaviour}"}, status_code=int(behaviour)
+            )
 
         async def events():
             total = 0
@@ -78,8 +84,13 @@ def broken(tokenizer_dir):
 
 
 def engine_for(server, write_config, tokenizer_dir, **extra) -> OpenAIEngine:
-    engine = {"kind": "openai", "base_url": server.url, "backoff_s": 0.01,
-              "read_timeout_s": 1.0, **extra}  # fmt: skip
+    engine = {
+        "kind": "openai",
+        "base_url": server.url,
+        "backoff_s": 0.01,
+        "read_timeout_s": 1.0,
+        **extra,
+    }
     return OpenAIEngine(load_config(write_config(engine)), chat_format(tokenizer_dir))
 
 

@@ -11,8 +11,19 @@ from bench.config import load_config
 from bench.records import read_records
 from bench.runner import execute
 
-COMPARED = ("question_id", "category", "turn", "prompt_tokens", "steps", "prefill_step",
-            "output_tokens", "token_ids", "text", "finish_reason", "error")  # fmt: skip
+COMPARED = (
+    "question_id",
+    "category",
+    "turn",
+    "prompt_tokens",
+    "steps",
+    "prefill_step",
+    "output_tokens",
+    "token_ids",
+    "text",
+    "finish_reason",
+    "error",
+)
 
 
 @pytest.mark.slow

@@ -8,9 +8,18 @@ from bench.errors import BenchError
 from bench.records import RecordWriter, TurnRecord, drop_torn_tail, read_records
 
 RECORD = TurnRecord(
-    question_id=81, category="writing", turn=1, prompt_tokens=5, steps=[1, 3], prefill_step=True,
-    output_tokens=4, token_ids=[1, 2, 3, 4], text="abcd", finish_reason="stop", duration_s=0.5,
-)  # fmt: skip
+    question_id=81,
+    category="writing",
+    turn=1,
+    prompt_tokens=5,
+    steps=[1, 3],
+    prefill_step=True,
+    output_tokens=4,
+    token_ids=[1, 2, 3, 4],
+    text="abcd",
+    finish_reason="stop",
+    duration_s=0.5,
+)
 
 
 def test_append_and_read_back(tmp_path):

@@ -31,11 +31,16 @@ def tiny_chat_model(folder: Path, tokenizer, seed: int, layers: int, hidden: int
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
-    )  # fmt: skip
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)  # peaky enough that greedy ties do not occur
@@ -87,9 +92,12 @@ def check_lossless(run_dir: Path, target) -> list[dict]:
         prompt = chat.prompt_ids(turn_messages(question, 1, manifest.config.conversation))
         with torch.no_grad():
             out = target.generate(
-                torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
-                eos_token_id=chat.tokenizer.eos_token_id, pad_token_id=chat.tokenizer.eos_token_id,
-            )  # fmt: skip
+                torch.tensor([prompt]),
+                max_new_tokens=16,
+                do_sample=False,
+                eos_token_id=chat.tokenizer.eos_token_id,
+                pad_token_id=chat.tokenizer.eos_token_id,
+            )
         assert r["token_ids"] == out[0, len(prompt) :].tolist()
     return records
 
@@ -133,10 +141,12 @@ def test_compare_refuses_to_mix_drafters_unless_told(tmp_path):
         config = load_config(REPO_ROOT / "configs" / config_path)
         details = {"drafter": drafter} if drafter else {}
         return Manifest(
-            run_id="x", config=config, started_at="now",
+            run_id="x",
+            config=config,
+            started_at="now",
             dataset={"source": "s", "sha256": "0", "question_ids": [81]},
             engine=EngineRecord(name=config.engine.kind, version="v", details=details),
-        )  # fmt: skip
+        )
 
     head = "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B"
     reference = manifest(

@@ -37,8 +37,14 @@ class ScriptedEngine:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         steps = [1] + [min(sampling.draft_len + 1, 2)] * ((len(ids) - 1) // 2)
         steps += [len(ids) - sum(steps)] if sum(steps) < len(ids) else []
-        return Generation(steps=steps, drafted=[0] + [sampling.draft_len] * (len(steps) - 1),
-                          token_ids=ids, text=text, finish_reason="stop", duration_s=0.01)  # fmt: skip
+        return Generation(
+            steps=steps,
+            drafted=[0] + [sampling.draft_len] * (len(steps) - 1),
+            token_ids=ids,
+            text=text,
+            finish_reason="stop",
+            duration_s=0.01,
+        )
 
     async def aclose(self) -> None:
         pass
@@ -109,8 +115,16 @@ def test_run_directory_contents(scripted, config, tmp_path):
         "dirty",
     }
     summary = json.loads((run / "summary.json").read_text())
-    for key in ("acceptance_length", "decode_acceptance_length", "pooled_acceptance_length", "ci95",
-                "histogram", "joint_acceptance", "conditional_acceptance", "draft_acceptance_rate"):  # fmt: skip
+    for key in (
+        "acceptance_length",
+        "decode_acceptance_length",
+        "pooled_acceptance_length",
+        "ci95",
+        "histogram",
+        "joint_acceptance",
+        "conditional_acceptance",
+        "draft_acceptance_rate",
+    ):
         assert key in summary["overall"] and key in summary["categories"]["writing"]
         assert key in summary["categories"]["writing"]["turns"]["2"]
     line = json.loads((run / "records.jsonl").read_text().splitlines()[0])

@@ -21,8 +21,13 @@ async def stream(
 ) -> tuple[str, list[int], int]:
     """(text, token ids, chunks) of one streamed completion; with `leave_after`, the client
     closes the connection after that many chunks."""
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "return_token_ids": True}  # fmt: skip
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "return_token_ids": True,
+    }
     text, ids, chunks = "", [], 0
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         assert response.status_code == 200

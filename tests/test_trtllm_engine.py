@@ -17,8 +17,13 @@ from bench.engines.trtllm import INSTALL, TrtllmEngine, llm_kwargs, preflight, s
 from bench.errors import BenchError
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE = {"kind": "trtllm", "speculative_model_dir": "/ckpt/eagle3", "tensor_parallel_size": 4,
-          "max_batch_size": 32, "kv_cache_free_gpu_memory_fraction": 0.8}  # fmt: skip
+ENGINE = {
+    "kind": "trtllm",
+    "speculative_model_dir": "/ckpt/eagle3",
+    "tensor_parallel_size": 4,
+    "max_batch_size": 32,
+    "kv_cache_free_gpu_memory_fraction": 0.8,
+}
 
 
 @pytest.fixture
@@ -63,10 +68,13 @@ def test_an_update_above_draft_len_plus_one_invalidates_the_run(config, tokenize
         run(engine)
 
 
-@pytest.mark.parametrize("release, cls, field", [
-    ("1.1", "EagleDecodingConfig", "speculative_model_dir"),
-    ("1.2", "Eagle3DecodingConfig", "speculative_model"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "release, cls, field",
+    [
+        ("1.1", "EagleDecodingConfig", "speculative_model_dir"),
+        ("1.2", "Eagle3DecodingConfig", "speculative_model"),
+    ],
+)
 def test_speculative_config_for_each_release(config, release, cls, field):
     spec = speculative_config(llmapi(release), config.engine, draft_len=5)
     assert type(spec).__name__ == cls
@@ -87,13 +95,29 @@ def test_without_tensorrt_llm_one_clear_sentence(config, tmp_path):
         preflight(config)
     assert str(err.value) == INSTALL
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--config",
-         "configs/kimi-k2-thinking-eagle3-inprocess.yaml", "--out", str(tmp_path / "r")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--config",
+            "configs/kimi-k2-thinking-eagle3-inprocess.yaml",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and run.stderr.strip() == f"error: {INSTALL}"
-    bare = subprocess.run([sys.executable, "-m", "bench", "run", "--engine", "trtllm"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    bare = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--engine", "trtllm"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bare.returncode == 2 and bare.stderr.strip() == f"error: {INSTALL}"
 
 
@@ -105,9 +129,19 @@ def test_a_mismatch_becomes_a_summary_signal(config, tokenizer_dir):
         config, chat_format(tokenizer_dir), llm=StandInLLM([1, 2, 2], iter_offset=1)
     )
     g = run(engine)
-    record = TurnRecord(question_id=81, category="writing", turn=1, prompt_tokens=3,
-                        steps=g.steps, prefill_step=True, output_tokens=sum(g.steps),
-                        token_ids=g.token_ids, text=g.text, finish_reason=g.finish_reason,
-                        duration_s=g.duration_s, engine_counters=g.engine_counters)  # fmt: skip
+    record = TurnRecord(
+        question_id=81,
+        category="writing",
+        turn=1,
+        prompt_tokens=3,
+        steps=g.steps,
+        prefill_step=True,
+        output_tokens=sum(g.steps),
+        token_ids=g.token_ids,
+        text=g.text,
+        finish_reason=g.finish_reason,
+        duration_s=g.duration_s,
+        engine_counters=g.engine_counters,
+    )
     signals = {s.code: s for s in summarize([record], draft_len=3).signals}
     assert "decoding_iter_matches" in signals["engine_counter_mismatch"].message

@@ -28,11 +28,18 @@ def tiny_target(
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=None,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=None,
         tie_word_embeddings=False,
-    )  # fmt: skip
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(scale)
@@ -44,9 +51,12 @@ def greedy(target: Any, prompt: list[int], max_tokens: int, stop: int = 1) -> li
     target's eos; -1 never stops)."""
     with torch.no_grad():
         out = target.generate(
-            torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
-            eos_token_id=stop, pad_token_id=stop,
-        )  # fmt: skip
+            torch.tensor([prompt]),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=stop,
+        )
     return out[0, len(prompt) :].tolist()
 
 
@@ -168,6 +178,11 @@ def save_head(
 
 
 _SPECULATORS_TOP = {
-    "draft_vocab_size", "target_hidden_size", "eagle_aux_hidden_state_layer_ids",
-    "norm_before_residual", "norm_before_fc", "fc_norm", "norm_output",
-}  # fmt: skip
+    "draft_vocab_size",
+    "target_hidden_size",
+    "eagle_aux_hidden_state_layer_ids",
+    "norm_before_residual",
+    "norm_before_fc",
+    "fc_norm",
+    "norm_output",
+}

@@ -51,8 +51,9 @@ class StandInLLM:
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self._stats: list[str] = []
 
-    async def generate_async(self, prompt: list[int], sampling_params: SamplingParams,
-                             streaming: bool = False):  # fmt: skip
+    async def generate_async(
+        self, prompt: list[int], sampling_params: SamplingParams, streaming: bool = False
+    ):
         self.requests.append((prompt, sampling_params))
         out = RequestOutput([CompletionOutput()])
         token = 100
@@ -68,9 +69,17 @@ class StandInLLM:
             if last:
                 out.outputs[0].finish_reason = "stop" if self.eos is not None else "length"
                 out.finished = True
-            self._stats.append(json.dumps({"iter": len(self._stats), "specDecodingStats": {
-                "numDraftTokens": 0 if i == 0 else 3,
-                "numAcceptedTokens": 0 if i == 0 else n - 1}}))  # fmt: skip
+            self._stats.append(
+                json.dumps(
+                    {
+                        "iter": len(self._stats),
+                        "specDecodingStats": {
+                            "numDraftTokens": 0 if i == 0 else 3,
+                            "numAcceptedTokens": 0 if i == 0 else n - 1,
+                        },
+                    }
+                )
+            )
             yield out
 
     def get_stats(self, timeout: float = 2) -> list[str]:

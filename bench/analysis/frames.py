@@ -205,16 +205,35 @@ def steps_frame(runs: Sequence[Run]) -> pd.DataFrame:
             drafted = r.drafted or [None] * len(r.steps)
             positions = step_positions(r.steps)
             for index, (position, e, d) in enumerate(zip(positions, r.steps, drafted)):
-                rows.append({
-                    "run": run.label, "question_id": r.question_id, "category": r.category,
-                    "turn": r.turn, "step": index, "position": position, "tokens": e,
-                    "drafted": d, "prefill": r.prefill_step and index == 0,
-                    "counted": r.question_id in counted,
-                })  # fmt: skip
-    return pd.DataFrame(rows, columns=[
-        "run", "question_id", "category", "turn", "step", "position", "tokens", "drafted",
-        "prefill", "counted",
-    ])  # fmt: skip
+                rows.append(
+                    {
+                        "run": run.label,
+                        "question_id": r.question_id,
+                        "category": r.category,
+                        "turn": r.turn,
+                        "step": index,
+                        "position": position,
+                        "tokens": e,
+                        "drafted": d,
+                        "prefill": r.prefill_step and index == 0,
+                        "counted": r.question_id in counted,
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "run",
+            "question_id",
+            "category",
+            "turn",
+            "step",
+            "position",
+            "tokens",
+            "drafted",
+            "prefill",
+            "counted",
+        ],
+    )
 
 
 def turns_frame(runs: Sequence[Run]) -> pd.DataFrame:
@@ -224,15 +243,25 @@ def turns_frame(runs: Sequence[Run]) -> pd.DataFrame:
         counted = run.counted_ids
         for r in run.turns:
             decode = decode_steps_of(r.steps, r.prefill_step)
-            rows.append({
-                "run": run.label, "question_id": r.question_id, "category": r.category,
-                "turn": r.turn, "ok": r.ok, "counted": r.question_id in counted,
-                "acceptance_length": acceptance_length(r.steps) if r.ok and r.steps else None,
-                "decode_acceptance_length": decode_acceptance_length(decode) if r.ok else None,
-                "steps": len(r.steps), "output_tokens": r.output_tokens,
-                "prompt_tokens": r.prompt_tokens, "finish_reason": r.finish_reason,
-                "duration_s": r.duration_s, "error": r.error, "text": r.text,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "run": run.label,
+                    "question_id": r.question_id,
+                    "category": r.category,
+                    "turn": r.turn,
+                    "ok": r.ok,
+                    "counted": r.question_id in counted,
+                    "acceptance_length": acceptance_length(r.steps) if r.ok and r.steps else None,
+                    "decode_acceptance_length": decode_acceptance_length(decode) if r.ok else None,
+                    "steps": len(r.steps),
+                    "output_tokens": r.output_tokens,
+                    "prompt_tokens": r.prompt_tokens,
+                    "finish_reason": r.finish_reason,
+                    "duration_s": r.duration_s,
+                    "error": r.error,
+                    "text": r.text,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -270,10 +299,15 @@ def categories_frame(runs: Sequence[Run]) -> pd.DataFrame:
     model, draft length, reasoning effort, temperature, commit …) and the summary's
     figures, both turns pooled, then `turn1_`/`turn2_` prefixed for each turn alone."""
     figures = (
-        "acceptance_length", "decode_acceptance_length", "pooled_acceptance_length",
-        "draft_acceptance_rate", "proposed_draft_acceptance_rate", "steps", "decode_steps",
+        "acceptance_length",
+        "decode_acceptance_length",
+        "pooled_acceptance_length",
+        "draft_acceptance_rate",
+        "proposed_draft_acceptance_rate",
+        "steps",
+        "decode_steps",
         "output_tokens",
-    )  # fmt: skip
+    )
     rows = []
     for run in runs:
         for category, group in _groups(run.summary):
@@ -297,10 +331,16 @@ def histogram_frame(runs: Sequence[Run]) -> pd.DataFrame:
             for turn, block in _blocks(group):
                 total = sum(block.histogram)
                 for index, count in enumerate(block.histogram):
-                    rows.append({
-                        "run": run.label, "category": category, "turn": turn, "e": index + 1,
-                        "decode_steps": count, "share": count / total if total else None,
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "run": run.label,
+                            "category": category,
+                            "turn": turn,
+                            "e": index + 1,
+                            "decode_steps": count,
+                            "share": count / total if total else None,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -313,10 +353,16 @@ def positions_frame(runs: Sequence[Run]) -> pd.DataFrame:
             for turn, block in _blocks(group):
                 pairs = zip(block.joint_acceptance, block.conditional_acceptance)
                 for j, (joint, conditional) in enumerate(pairs, 1):
-                    rows.append({
-                        "run": run.label, "category": category, "turn": turn, "position": j,
-                        "joint": joint, "conditional": conditional,
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "run": run.label,
+                            "category": category,
+                            "turn": turn,
+                            "position": j,
+                            "joint": joint,
+                            "conditional": conditional,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -332,11 +378,15 @@ def position_buckets_frame(runs: Sequence[Run], bucket_tokens: int = 32) -> pd.D
         for category, members in groups:
             pairs = [(r.steps, r.prefill_step) for r in members]
             for b in decode_acceptance_length_by_position(pairs, bucket_tokens):
-                rows.append({
-                    "run": run.label, "category": category, "start_tokens": b.start_tokens,
-                    "decode_steps": b.decode_steps,
-                    "decode_acceptance_length": b.decode_acceptance_length,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "run": run.label,
+                        "category": category,
+                        "start_tokens": b.start_tokens,
+                        "decode_steps": b.decode_steps,
+                        "decode_acceptance_length": b.decode_acceptance_length,
+                    }
+                )
     return pd.DataFrame(
         rows,
         columns=["run", "category", "start_tokens", "decode_steps", "decode_acceptance_length"],
@@ -379,10 +429,20 @@ def lowest_questions(runs: Sequence[Run], n: int = 10, snippet_chars: int = 80) 
     frame = frame.groupby("run", sort=False).head(n).copy()
     frame["question"] = frame["question_turn1"].map(snip)
     frame["answer"] = frame["answer_turn1"].map(snip)
-    return frame[[
-        "run", "question_id", "category", "acceptance_length", "turn1_acceptance_length",
-        "turn2_acceptance_length", "output_tokens", "finish_reasons", "question", "answer",
-    ]].reset_index(drop=True)  # fmt: skip
+    return frame[
+        [
+            "run",
+            "question_id",
+            "category",
+            "acceptance_length",
+            "turn1_acceptance_length",
+            "turn2_acceptance_length",
+            "output_tokens",
+            "finish_reasons",
+            "question",
+            "answer",
+        ]
+    ].reset_index(drop=True)
 
 
 # --- tables for reading ----------------------------------------------------------------
@@ -410,23 +470,29 @@ def card_table(run: Run, reference: ReferenceTable | None = None) -> pd.DataFram
             # A zero-width interval (one question, or one per category overall) has
             # nothing to judge by: None, not a confident False.
             row["reference_in_ci95"] = (
-                None if ref is None or group.ci95 is None or group.ci95[0] == group.ci95[1]
+                None
+                if ref is None or group.ci95 is None or group.ci95[0] == group.ci95[1]
                 else group.ci95[0] <= ref <= group.ci95[1]
-            )  # fmt: skip
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: identity columns and completeness."""
-    return pd.DataFrame([
-        {
-            **run.info(), "path": str(run.path), "counted_questions": run.summary.counted_questions,
-            "expected_questions": run.summary.expected_questions, "valid": run.summary.valid,
-            "length_capped_share": run.summary.length_capped_share,
-        }
-        for run in runs
-    ])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                **run.info(),
+                "path": str(run.path),
+                "counted_questions": run.summary.counted_questions,
+                "expected_questions": run.summary.expected_questions,
+                "valid": run.summary.valid,
+                "length_capped_share": run.summary.length_capped_share,
+            }
+            for run in runs
+        ]
+    )
 
 
 def compare_runs(runs: Sequence[Run], baseline: int | str = 0) -> pd.DataFrame:
@@ -464,14 +530,19 @@ def compare_runs(runs: Sequence[Run], baseline: int | str = 0) -> pd.DataFrame:
             base_group = base_groups.get(category)
             base_value = base_group.acceptance_length if base_group else None
             value = group.acceptance_length
-            rows.append({
-                "baseline": base.label, "run": run.label, "category": category,
-                "baseline_acceptance_length": base_value, "acceptance_length": value,
-                "delta": None if base_value is None or value is None else value - base_value,
-                "shared_questions": paired.shared_questions,
-                "paired_delta": paired.mean_difference,
-                "paired_ci95_low": paired.ci95[0] if paired.ci95 else None,
-                "paired_ci95_high": paired.ci95[1] if paired.ci95 else None,
-                "exceeds_noise": paired.exceeds_noise,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "baseline": base.label,
+                    "run": run.label,
+                    "category": category,
+                    "baseline_acceptance_length": base_value,
+                    "acceptance_length": value,
+                    "delta": None if base_value is None or value is None else value - base_value,
+                    "shared_questions": paired.shared_questions,
+                    "paired_delta": paired.mean_difference,
+                    "paired_ci95_low": paired.ci95[0] if paired.ci95 else None,
+                    "paired_ci95_high": paired.ci95[1] if paired.ci95 else None,
+                    "exceeds_noise": paired.exceeds_noise,
+                }
+            )
     return pd.DataFrame(rows)

@@ -52,8 +52,14 @@ def _grouped_bars(
         frame = frame.reindex(categories)
         values = frame[prefix + "acceptance_length"].to_numpy(dtype=float)
         yerr = _error_bars(values, frame[prefix + "ci95_low"], frame[prefix + "ci95_high"])
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width,
-               yerr=yerr, capsize=3, label=label)  # fmt: skip
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            yerr=yerr,
+            capsize=3,
+            label=label,
+        )
     ax.set_xticks(x, categories, rotation=30, ha="right")
     ax.set_ylabel("acceptance length (tokens/step)")
 
@@ -70,8 +76,9 @@ def plot_categories(categories: pd.DataFrame, reference: ReferenceTable | None =
     if reference is not None:
         values = [reference.overall if c == OVERALL else reference.categories.get(c) for c in names]
         xs = [i for i, v in enumerate(values) if v is not None]
-        ax.scatter(xs, [values[i] for i in xs], marker="D", color="black", zorder=3,
-                   label=reference.name)  # fmt: skip
+        ax.scatter(
+            xs, [values[i] for i in xs], marker="D", color="black", zorder=3, label=reference.name
+        )
     ax.set_ylim(bottom=1)  # last: setting a limit stops autoscaling to later artists
     ax.set_title("MT-Bench acceptance length per category (95 % bootstrap interval)")
     ax.legend(fontsize=8)
@@ -120,8 +127,14 @@ def plot_positions(positions: pd.DataFrame, turn: str = ALL) -> Figure:
     for ax, category in zip(axes, names):
         for run, part in frame[frame["category"] == category].groupby("run", sort=False):
             line = ax.plot(part["position"], part["joint"], marker="o", label=f"{run} joint")[0]
-            ax.plot(part["position"], part["conditional"], marker="s", linestyle="--",
-                    color=line.get_color(), label=f"{run} conditional")  # fmt: skip
+            ax.plot(
+                part["position"],
+                part["conditional"],
+                marker="s",
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{run} conditional",
+            )
         ax.set_title(category)
         ax.set_xlabel("draft position j")
         ax.set_ylim(0, 1)
@@ -139,10 +152,19 @@ def plot_length(turns: pd.DataFrame) -> Figure:
     frame = turns[turns["ok"] & turns["counted"]]
     for category, part in frame.groupby("category", sort=False):
         capped = part["finish_reason"] == "length"
-        color = ax.scatter(part.loc[~capped, "output_tokens"], part.loc[~capped, "acceptance_length"],
-                           label=category, alpha=0.7).get_facecolor()  # fmt: skip
-        ax.scatter(part.loc[capped, "output_tokens"], part.loc[capped, "acceptance_length"],
-                   marker="x", color=color[:1] if len(color) else None, alpha=0.7)  # fmt: skip
+        color = ax.scatter(
+            part.loc[~capped, "output_tokens"],
+            part.loc[~capped, "acceptance_length"],
+            label=category,
+            alpha=0.7,
+        ).get_facecolor()
+        ax.scatter(
+            part.loc[capped, "output_tokens"],
+            part.loc[capped, "acceptance_length"],
+            marker="x",
+            color=color[:1] if len(color) else None,
+            alpha=0.7,
+        )
     ax.set_xlabel("response length (output tokens of the turn; × = cut at max_tokens)")
     ax.set_ylabel("turn acceptance length")
     ax.set_title("Acceptance length against response length, one point per turn")
@@ -161,8 +183,13 @@ def plot_position_buckets(buckets: pd.DataFrame, categories: Sequence[str] | Non
             if category not in wanted:
                 continue
             style = {"linewidth": 3, "color": "black"} if category == OVERALL else {}
-            ax.plot(part["start_tokens"], part["decode_acceptance_length"], marker="o",
-                    label=category, **style)  # fmt: skip
+            ax.plot(
+                part["start_tokens"],
+                part["decode_acceptance_length"],
+                marker="o",
+                label=category,
+                **style,
+            )
         ax.set_xlabel("position in the response (tokens before the step, bucket start)")
         ax.set_ylabel("decode acceptance length (pooled)")
         ax.set_title(f"{run}: does acceptance fall off in long answers?")

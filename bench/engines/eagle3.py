@@ -27,9 +27,12 @@ from bench.target import WEIGHT_PATTERNS, checkpoint_sha256, weight_files
 # Architectures of Llama-style heads as the publishers name them (a plain LlamaForCausalLM
 # name passes here; its layer count and weight shapes are then checked like any head's).
 LLAMA_STYLE = {
-    "LlamaForCausalLMEagle3", "Eagle3Speculator", "Eagle3DraftModel", "EagleModel",
+    "LlamaForCausalLMEagle3",
+    "Eagle3Speculator",
+    "Eagle3DraftModel",
+    "EagleModel",
     "LlamaForCausalLM",
-}  # fmt: skip
+}
 _MLA_CONFIG_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim")
 _MLA_WEIGHTS = ("kv_a_proj_with_mqa", "q_a_proj", "kv_b_proj")
 
@@ -108,7 +111,7 @@ def read_spec(config: dict[str, Any], target_config: Any, source: str) -> Eagle3
                 "mlp_bias",
             )
             if layer.get(key) is not None
-        },  # fmt: skip
+        },
     )
     problems = []
     if int(layer.get("num_hidden_layers", 1)) != 1:

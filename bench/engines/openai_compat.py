@@ -382,8 +382,10 @@ class OpenAIEngine:
         if sampling.temperature > 0 and sampling.seed is not None:
             body["seed"] = sampling.seed
         if self.config.api == "generate":  # SGLang's native API
-            sampling_params = {"temperature": sampling.temperature,
-                               "max_new_tokens": sampling.max_tokens}  # fmt: skip
+            sampling_params = {
+                "temperature": sampling.temperature,
+                "max_new_tokens": sampling.max_tokens,
+            }
             body = {"input_ids": prompt_ids, "sampling_params": sampling_params, "stream": True}
             body.update(self.config.extra_body)
             return "/generate", body

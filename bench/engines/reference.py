@@ -143,9 +143,12 @@ class SpeculativeDecoder:
     """
 
     def __init__(
-        self, model: Any, drafter: Drafter | BatchDrafter, stop_token_ids: set[int],
+        self,
+        model: Any,
+        drafter: Drafter | BatchDrafter,
+        stop_token_ids: set[int],
         batch_size: int = 1,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.model = model
         self.stop_token_ids = stop_token_ids
         self.batch_size = batch_size
@@ -242,8 +245,9 @@ class SpeculativeDecoder:
             self.lm.commit(row.slot, len(fed[r]))
             temperature = row.sampling.temperature
             _, first = verify(logits[r][-1:], Proposal([]), temperature, row.generator)
-            row.seen = DraftInputs(row.reused, None if hidden is None else hidden[r],
-                                   temperature, row.generator)  # fmt: skip
+            row.seen = DraftInputs(
+                row.reused, None if hidden is None else hidden[r], temperature, row.generator
+            )
             row.ttft_s = time.perf_counter() - row.submitted
             if self._emit(row, [first], 0):
                 finished.append(row)
@@ -287,9 +291,16 @@ class SpeculativeDecoder:
         ]
         if self.on_iteration is not None:
             drafted = [len(p.tokens) for p in proposals]
-            self.on_iteration(IterationStats(
-                len(rows), False, sum(drafted), sum(accepted_by_slot.values()),
-                sum(d > 0 for d in drafted), sum(len(new) for new in emitted)))  # fmt: skip
+            self.on_iteration(
+                IterationStats(
+                    len(rows),
+                    False,
+                    sum(drafted),
+                    sum(accepted_by_slot.values()),
+                    sum(d > 0 for d in drafted),
+                    sum(len(new) for new in emitted),
+                )
+            )
         return finished
 
     def _emit(self, row: Row, new: list[int], drafted: int) -> bool:
