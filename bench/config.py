@@ -186,9 +186,12 @@ class LaunchConfig(Frozen):
     """A server the harness starts as a child process, health-checks, and always stops.
 
     `command` is the server's argv. These placeholders are replaced in every argument:
-    `{host}`, `{port}` (from the engine's `base_url`), `{draft_len}`, `{draft_len_plus_1}`
-    and `{extra_llm_api_options}` (the path of the YAML written from
-    `extra_llm_api_options`). The draft length must reach the server through one of them.
+    `{host}`, `{port}` (from the engine's `base_url`), `{draft_len}`, `{draft_len_plus_1}`,
+    `{extra_llm_api_options}` (the path of the YAML written from `extra_llm_api_options`),
+    `{target_file}` (the target's local model file or folder, e.g. the verified GGUF of a
+    pinned wheel, else its hub id) and `{bench_cache}` (bench's cache folder, where
+    `scripts/build_llama_server.sh` puts llama-server). The draft length must reach the
+    server through one of them.
     """
 
     command: list[str] = Field(min_length=1)
@@ -222,7 +225,7 @@ class OpenAIEngineConfig(Frozen):
     same input); `chat` sends the messages and lets the server apply its template;
     `generate` is SGLang's native `/generate` with token ids, whose chunks carry the
     request's `spec_verify_ct` (its verify passes) for the cross-check."""
-    server: Literal["auto", "trtllm", "vllm", "sglang", "bench", "generic"] = "auto"
+    server: Literal["auto", "trtllm", "vllm", "sglang", "llamacpp", "bench", "generic"] = "auto"
     """Which server it is: decides the extra request fields that ask for token ids and the
     engine counters read. `auto` asks `/v1/models` (`owned_by`)."""
     model: str | None = None

@@ -1,12 +1,17 @@
 """Every number of docs/metrics.md, computed in one place from turn records.
 
-Input: the per-step emitted-token counts of each (question, turn). A step emits e tokens;
-the first step of a turn is the prefill step (e = 1) when the record says so, the rest are
-decode steps (1 <= e <= k + 1). Output: a `Summary` with the model-card figure per
-category and overall, the other conventions beside it, labelled, and the sanity signals.
+Input, per (question, turn): the tokens it emitted (n) and the decoding steps it took (s),
+the engine's own totals where it reported them, and, where real, the per-step
+emitted-token counts (the first step of a turn is the prefill step, e = 1, when the record
+says so; the rest are decode steps, 1 <= e <= k + 1). The card AL, decode AL, pooled AL
+and draft acceptance rate need only n and s, so every successful turn counts for them.
+The histogram and the per-position rates need each step, so they rest only on turns
+whose per-step detail is real (`Generation.has_step_detail`), and say how many those are.
 
-Only questions with both turns recorded and successful enter the averages; the others are
-listed as missing or failed, and the summary says it is incomplete.
+Output: a `Summary` with the model-card figure per category and overall, the other
+conventions beside it, labelled, and the sanity signals. Only questions with both turns
+recorded and successful enter the averages; the others are listed as missing or failed,
+and the summary says it is incomplete.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ BOOTSTRAP_SEED = 0
 def acceptance_length(steps: Sequence[int]) -> float:
     """Card AL of one question: Σ e / number of steps, prefill steps included."""
     return sum(steps) / len(steps)
+
+
+def acceptance_length_of_totals(output_tokens: int, steps: int) -> float:
+    """Card AL from a turn's (or question's) totals: tokens / steps. Equal to
+    `acceptance_length` of its per-step counts wherever those add up to the totals."""
+    return output_tokens / steps
 
 
 def decode_steps_of(turn_steps: Sequence[int], prefill_step: bool) -> list[int]:
@@ -72,9 +83,19 @@ def conditional_acceptance(hist: Sequence[int]) -> list[float | None]:
 
 def draft_acceptance_rate(decode_steps: Sequence[int], draft_len: int) -> float | None:
     """Σ (e - 1) / (k × decode steps): accepted drafts over k proposed per decode step."""
-    if not decode_steps:
+    if not decode_steps or draft_len < 1:
         return None
     return sum(e - 1 for e in decode_steps) / (draft_len * len(decode_steps))
+
+
+def draft_acceptance_rate_of_totals(
+    accepted: int, decode_steps: int, draft_len: int
+) -> float | None:
+    """The same from totals: Σ (e - 1) over decode steps is the accepted drafts,
+    tokens - steps."""
+    if not decode_steps or draft_len < 1:
+        return None
+    return accepted / (draft_len * decode_steps)
 
 
 def proposed_draft_acceptance_rate(
@@ -214,23 +235,62 @@ def paired_difference_ci95(
 
 @dataclass(frozen=True)
 class QuestionSteps:
+    """Both turns of one question, and what each figure reads from them."""
+
     question_id: int
     category: str
     turns: tuple[TurnRecord, TurnRecord]
 
+    def _chosen(self, turn: int | None) -> tuple[TurnRecord, ...]:
+        return self.turns if turn is None else (self.turns[turn - 1],)
+
+    def output_tokens(self, turn: int | None = None) -> int:
+        return sum(r.output_tokens for r in self._chosen(turn))
+
+    def step_count(self, turn: int | None = None) -> int:
+        """Steps taken: the engine's totals where it reported them, the prefill included."""
+        return sum(r.step_count for r in self._chosen(turn))
+
+    def prefill_steps(self, turn: int | None = None) -> int:
+        """Prefill steps (one per turn that has one; each emits one token)."""
+        return sum(1 for r in self._chosen(turn) if r.prefill_step and r.step_count)
+
+    def acceptance_length(self, turn: int | None = None) -> float:
+        return acceptance_length_of_totals(self.output_tokens(turn), self.step_count(turn))
+
+    def decode_acceptance_length(self, turn: int | None = None) -> float | None:
+        prefill = self.prefill_steps(turn)
+        steps = self.step_count(turn) - prefill
+        return (self.output_tokens(turn) - prefill) / steps if steps > 0 else None
+
+    def detail_turns(self, turn: int | None = None) -> list[TurnRecord]:
+        """The turns whose per-step counts are real detail."""
+        return [r for r in self._chosen(turn) if r.has_step_detail]
+
     def steps(self, turn: int | None = None) -> list[int]:
-        chosen = self.turns if turn is None else (self.turns[turn - 1],)
-        return [e for record in chosen for e in record.steps]
+        """Per-step counts of the turns with real detail."""
+        return [e for record in self.detail_turns(turn) for e in record.steps]
 
     def decode_steps(self, turn: int | None = None) -> list[int]:
-        chosen = self.turns if turn is None else (self.turns[turn - 1],)
-        return [e for r in chosen for e in decode_steps_of(r.steps, r.prefill_step)]
+        """Decode-step counts of the turns with real detail."""
+        return [
+            e for r in self.detail_turns(turn) for e in decode_steps_of(r.steps, r.prefill_step)
+        ]
 
-    def proposed(self, turn: int | None = None) -> list[int] | None:
-        chosen = self.turns if turn is None else (self.turns[turn - 1],)
-        if any(r.drafted is None for r in chosen):
-            return None
-        return [d for r in chosen for d in decode_steps_of(r.drafted or [], r.prefill_step)]
+    def proposed(self, turn: int | None = None) -> tuple[int, int] | None:
+        """(accepted, proposed) drafts where the engine says what it proposed for every
+        turn; None otherwise."""
+        accepted = proposed = 0
+        for r in self._chosen(turn):
+            if r.totals is not None and r.totals.proposed_drafts is not None:
+                accepted += r.totals.accepted_drafts or 0
+                proposed += r.totals.proposed_drafts
+            elif r.drafted is not None:
+                accepted += sum(e - 1 for e in decode_steps_of(r.steps, r.prefill_step))
+                proposed += sum(decode_steps_of(r.drafted, r.prefill_step))
+            else:
+                return None
+        return accepted, proposed
 
 
 class QuestionSummary(BaseModel):
@@ -243,6 +303,8 @@ class QuestionSummary(BaseModel):
     steps: int
     output_tokens: int
     finish_reasons: tuple[str, str]
+    step_detail_turns: int = 2
+    """How many of its two turns have real per-step detail."""
 
 
 # --- per group of questions ------------------------------------------------------------
@@ -253,41 +315,44 @@ class RateBlock(BaseModel):
 
     n_questions: int
     acceptance_length: float | None
-    """Card AL: mean over questions of Σe/steps (both turns pooled per question)."""
+    """Card AL: mean over questions of tokens / steps (both turns pooled per question)."""
     ci95: tuple[float, float] | None
     """Bootstrap 95 % interval of `acceptance_length` over questions."""
     decode_acceptance_length: float | None
     """Mean over questions of the decode-steps-only AL."""
     pooled_acceptance_length: float | None
-    """Σe / Σsteps over all steps of the group (token-weighted), prefill included."""
+    """Σ tokens / Σ steps over the group (token-weighted), prefill included."""
     draft_acceptance_rate: float | None
-    """Σ(e−1) / (k × decode steps)."""
+    """Σ accepted drafts / (k × decode steps)."""
     proposed_draft_acceptance_rate: float | None
-    """Σ(e−1) / Σ drafts the engine actually proposed; null when the engine cannot say."""
+    """Σ accepted / Σ drafts the engine actually proposed; null when the engine cannot say."""
     histogram: list[int]
-    """Decode steps with e = 1 … k+1."""
+    """Decode steps with e = 1 … k+1, over the turns with per-step detail only."""
     joint_acceptance: list[float | None]
+    """Per position, over the turns with per-step detail only."""
     conditional_acceptance: list[float | None]
+    """Per position, over the turns with per-step detail only."""
     steps: int
     decode_steps: int
     output_tokens: int
-
-
-class GroupSummary(RateBlock):
-    turns: dict[str, RateBlock]
-    """Turn "1" and turn "2" alone, each with the same figures."""
+    turn_count: int = 0
+    """Successful turns the group counts."""
+    step_detail_turns: int = 0
+    """Of those, the turns whose per-step counts are real detail: the histogram and the
+    per-position rates rest on these alone (0: the engine gives totals only)."""
 
 
 def _rate_block(
     questions: Sequence[QuestionSteps], draft_len: int, turn: int | None, strata: bool
 ) -> RateBlock:
-    per_question = [acceptance_length(q.steps(turn)) for q in questions]
-    decode_per_question = [decode_acceptance_length(q.decode_steps(turn)) for q in questions]
+    per_question = [q.acceptance_length(turn) for q in questions]
+    decode_per_question = [q.decode_acceptance_length(turn) for q in questions]
     decode_values = [v for v in decode_per_question if v is not None]
-    all_steps = [e for q in questions for e in q.steps(turn)]
-    decode = [e for q in questions for e in q.decode_steps(turn)]
-    proposed_lists = [q.proposed(turn) for q in questions]
-    hist = histogram(decode, draft_len)
+    tokens = sum(q.output_tokens(turn) for q in questions)
+    steps = sum(q.step_count(turn) for q in questions)
+    decode_steps = steps - sum(q.prefill_steps(turn) for q in questions)
+    proposed = [q.proposed(turn) for q in questions]
+    hist = histogram([e for q in questions for e in q.decode_steps(turn)], draft_len)
     if strata:
         by_category: dict[str, list[float]] = {}
         for q, value in zip(questions, per_question):
@@ -295,25 +360,35 @@ def _rate_block(
         groups: list[list[float]] = list(by_category.values())
     else:
         groups = [per_question]
+    proposed_rate = None
+    if proposed and all(p is not None for p in proposed):
+        total_proposed = sum(p[1] for p in proposed if p is not None)
+        if total_proposed:
+            proposed_rate = sum(p[0] for p in proposed if p is not None) / total_proposed
     return RateBlock(
         n_questions=len(questions),
         acceptance_length=float(np.mean(per_question)) if per_question else None,
         ci95=bootstrap_ci95(groups),
         decode_acceptance_length=float(np.mean(decode_values)) if decode_values else None,
-        pooled_acceptance_length=sum(all_steps) / len(all_steps) if all_steps else None,
-        draft_acceptance_rate=draft_acceptance_rate(decode, draft_len),
-        proposed_draft_acceptance_rate=(
-            None
-            if any(p is None for p in proposed_lists)
-            else proposed_draft_acceptance_rate(decode, [d for p in proposed_lists for d in p])
+        pooled_acceptance_length=tokens / steps if steps else None,
+        draft_acceptance_rate=draft_acceptance_rate_of_totals(
+            tokens - steps, decode_steps, draft_len
         ),
+        proposed_draft_acceptance_rate=proposed_rate,
         histogram=hist,
         joint_acceptance=joint_acceptance(hist),
         conditional_acceptance=conditional_acceptance(hist),
-        steps=len(all_steps),
-        decode_steps=len(decode),
-        output_tokens=sum(all_steps),
+        steps=steps,
+        decode_steps=decode_steps,
+        output_tokens=tokens,
+        turn_count=sum(len(q._chosen(turn)) for q in questions),
+        step_detail_turns=sum(len(q.detail_turns(turn)) for q in questions),
     )
+
+
+class GroupSummary(RateBlock):
+    turns: dict[str, RateBlock]
+    """Turn "1" and turn "2" alone, each with the same figures."""
 
 
 def summarize_group(
@@ -373,7 +448,8 @@ def sanity_signals(
     """The checks of docs/metrics.md "Sanity signals", on successful turns."""
     signals: list[Signal] = []
     ok = [r for r in records if r.ok]
-    over = [(r.question_id, r.turn, e) for r in ok for e in r.steps if e > draft_len + 1]
+    detailed = [r for r in ok if r.has_step_detail]
+    over = [(r.question_id, r.turn, e) for r in detailed for e in r.steps if e > draft_len + 1]
     if over:
         qid, turn, e = over[0]
         signals.append(
@@ -399,7 +475,32 @@ def sanity_signals(
                 f"{', '.join(failed_checks)}); both are in records.jsonl (engine_counters)",
             )
         )
-    bad_prefill = [r for r in ok if r.prefill_step and r.steps and r.steps[0] != 1]
+    merged = [r for r in ok if r.step_detail == "disagrees"]
+    if merged:
+        first = merged[0]
+        signals.append(
+            Signal(
+                code="step_detail_disagrees",
+                severity="warning",
+                message=f"{len(merged)} turns' streamed chunks do not add up to the engine's "
+                f"own per-request totals (first: question {first.question_id} turn "
+                f"{first.turn}): the server merged decoding steps into chunks; their AL "
+                "comes from the totals and their chunks are left out of the histogram and "
+                "the per-position rates",
+            )
+        )
+    totals_only = [r for r in ok if r.step_detail == "none"]
+    if totals_only:
+        signals.append(
+            Signal(
+                code="totals_only_turns",
+                severity="info",
+                message=f"{len(totals_only)} of {len(ok)} turns come from an engine that "
+                "shows no per-step counts: their AL comes from its per-request totals, and "
+                "the histogram and per-position rates do not include them",
+            )
+        )
+    bad_prefill = [r for r in detailed if r.prefill_step and r.steps[0] != 1]
     if bad_prefill:
         signals.append(
             Signal(
@@ -419,8 +520,8 @@ def sanity_signals(
             )
         )
     if overall is not None and overall.decode_steps:
-        hist = overall.histogram
-        decode_al = sum((i + 1) * c for i, c in enumerate(hist)) / max(sum(hist), 1)
+        prefill = overall.steps - overall.decode_steps
+        decode_al = (overall.output_tokens - prefill) / overall.decode_steps
         if decode_al < 1.01:
             signals.append(
                 Signal(
@@ -435,7 +536,7 @@ def sanity_signals(
         inner = [
             e
             for q in questions
-            for r in q.turns
+            for r in q.detail_turns()
             for e in decode_steps_of(r.steps, r.prefill_step)[:-1]
         ]
         if len(inner) >= 10 and all(e == draft_len + 1 for e in inner):
@@ -502,12 +603,13 @@ def summarize(
         QuestionSummary(
             question_id=q.question_id,
             category=q.category,
-            acceptance_length=acceptance_length(q.steps()),
-            turn1_acceptance_length=acceptance_length(q.steps(1)),
-            turn2_acceptance_length=acceptance_length(q.steps(2)),
-            decode_acceptance_length=decode_acceptance_length(q.decode_steps()),
-            steps=len(q.steps()),
-            output_tokens=sum(q.steps()),
+            acceptance_length=q.acceptance_length(),
+            turn1_acceptance_length=q.acceptance_length(1),
+            turn2_acceptance_length=q.acceptance_length(2),
+            decode_acceptance_length=q.decode_acceptance_length(),
+            steps=q.step_count(),
+            output_tokens=q.output_tokens(),
+            step_detail_turns=len(q.detail_turns()),
             finish_reasons=(q.turns[0].finish_reason, q.turns[1].finish_reason),
         )
         for q in complete_questions

@@ -11,61 +11,63 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from bench.engines import FinishReason, Generation
 from bench.errors import BenchError
 
-RECORD_SCHEMA_VERSION = 1
+__all__ = ["FinishReason", "Generation", "TurnRecord", "RecordWriter", "read_records"]
 
-FinishReason = Literal["stop", "length", "error"]
-
-
-class Generation(BaseModel):
-    """What an engine returns for one turn."""
-
-    model_config = ConfigDict(frozen=True)
-
-    steps: list[int]
-    """Tokens emitted per step, in order; steps[0] is the prefill step when `prefill_step`."""
-    prefill_step: bool = True
-    """Whether steps[0] came from the prefill (context) iteration."""
-    drafted: list[int] | None = None
-    """Draft tokens proposed per step (0 for the prefill step), when the engine knows it."""
-    token_ids: list[int]
-    text: str
-    finish_reason: FinishReason
-    ttft_s: float | None = None
-    """Seconds from request to the first token."""
-    duration_s: float
-    """Seconds from request to the last token."""
-    engine_counters: dict[str, Any] = Field(default_factory=dict)
-    """What the engine itself reported about this request (e.g. decoding_iter)."""
+RECORD_SCHEMA_VERSION = 2
+"""2: the engine's own per-request `totals` and `step_detail` beside the per-step counts;
+`output_tokens` and `step_count` derived from them. Version 1 records read as before."""
 
 
-class TurnRecord(BaseModel):
-    """One line of records.jsonl."""
-
-    model_config = ConfigDict(frozen=True)
+class TurnRecord(Generation):
+    """One line of records.jsonl: the engine's `Generation` for one (question, turn)."""
 
     schema_version: int = RECORD_SCHEMA_VERSION
     question_id: int
     category: str
     turn: Literal[1, 2]
     prompt_tokens: int
-    steps: list[int]
-    prefill_step: bool
-    drafted: list[int] | None = None
-    output_tokens: int
-    token_ids: list[int]
-    text: str
-    finish_reason: FinishReason
-    ttft_s: float | None = None
-    duration_s: float
-    engine_counters: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     """Why the turn failed; a failed turn is kept, never averaged in, and redone on resume."""
+
+    @classmethod
+    def of(
+        cls, question_id: int, category: str, turn: int, prompt_tokens: int, generation: Generation
+    ) -> TurnRecord:
+        """The record of a turn the engine finished."""
+        return cls(
+            question_id=question_id,
+            category=category,
+            turn=turn,
+            prompt_tokens=prompt_tokens,
+            **generation.model_dump(exclude={"output_tokens", "step_count"}),
+        )
+
+    @classmethod
+    def failed(
+        cls, question_id: int, category: str, turn: int, prompt_tokens: int, error: str
+    ) -> TurnRecord:
+        """The record of a turn the engine could not finish."""
+        return cls(
+            question_id=question_id,
+            category=category,
+            turn=turn,
+            prompt_tokens=prompt_tokens,
+            steps=[],
+            prefill_step=False,
+            step_detail="none",
+            token_ids=[],
+            text="",
+            finish_reason="error",
+            duration_s=0.0,
+            error=error,
+        )
 
     @property
     def ok(self) -> bool:

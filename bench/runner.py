@@ -117,31 +117,18 @@ async def run_turn(
     averaged in, redone on resume); a user error (BenchError) stops the run."""
     messages = turn_messages(question, turn, config.conversation, turn1_text)
     prompt_ids = chat.prompt_ids(messages)
-    base = {"question_id": question.question_id, "category": question.category, "turn": turn}
-    extra = {"messages": messages} if getattr(engine, "takes_messages", False) else {}
+    key = (question.question_id, question.category, turn, len(prompt_ids))
     try:
-        generation = await engine.generate(prompt_ids, sampling_params(config), **extra)
+        generation = await engine.generate(
+            prompt_ids,
+            sampling_params(config),
+            messages=messages if engine.info.takes_messages else None,
+        )
     except (BenchError, KeyboardInterrupt, asyncio.CancelledError):
         raise
     except Exception as err:  # an engine fault on this turn: recorded, not fatal
-        return TurnRecord(
-            **base,
-            prompt_tokens=len(prompt_ids),
-            steps=[],
-            prefill_step=False,
-            output_tokens=0,
-            token_ids=[],
-            text="",
-            finish_reason="error",
-            duration_s=0.0,
-            error=f"{type(err).__name__}: {err}",
-        )
-    return TurnRecord(
-        **base,
-        prompt_tokens=len(prompt_ids),
-        output_tokens=sum(generation.steps),
-        **generation.model_dump(),
-    )
+        return TurnRecord.failed(*key, error=f"{type(err).__name__}: {err}")
+    return TurnRecord.of(*key, generation)
 
 
 async def drive(
@@ -157,7 +144,7 @@ async def drive(
 
     Questions in flight: `concurrency`, or the engine's batch size when larger (a batching
     engine only batches what it is given)."""
-    semaphore = asyncio.Semaphore(max(config.concurrency, getattr(engine, "batch_size", 1)))
+    semaphore = asyncio.Semaphore(max(config.concurrency, engine.info.batch_size))
 
     async def one(question: Question) -> None:
         async with semaphore:

@@ -147,7 +147,7 @@ class Service:
         def on_step(tokens: list[int]) -> None:  # on this loop's thread: the engine steps here
             queue.put_nowait(list(tokens))
 
-        task = asyncio.ensure_future(self.engine.generate(prompt_ids, sampling, on_step))
+        task = asyncio.ensure_future(self.engine.generate(prompt_ids, sampling, on_step=on_step))
         task.add_done_callback(finished)
         watch = asyncio.ensure_future((gone or asyncio.Event()).wait())
         watch.add_done_callback(lambda _: task.cancel())

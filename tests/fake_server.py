@@ -134,7 +134,11 @@ class ScriptedEngine:
         return self.generation(steps, sampling.draft_len, start)
 
     async def generate(
-        self, prompt_ids: list[int], sampling: SamplingParams, on_step: Any = None
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        messages: Any = None,
+        on_step: Any = None,
     ) -> Generation:
         start, steps = time.perf_counter(), []
         self.in_flight += 1

@@ -18,7 +18,7 @@ from fake_server import (
 )
 
 from bench.config import load_config
-from bench.engines import SamplingParams
+from bench.engines import DraftLenExceeded, SamplingParams, check_draft_len, reconcile
 from bench.engines.openai_compat import (
     OpenAIEngine,
     StreamState,
@@ -68,11 +68,10 @@ def test_trtllm_serve_stream_usage_and_token_ids_agree():
     assert state.token_ids[-1] == 163586 and state.finish_reason == "stop"
     counters = state.counters()
     assert counters["avg_decoded_tokens_per_iter"] == 2.5  # 10 tokens / 4 iterations
-    assert counters["checks"] == {
-        "token_ids_match_steps": True,
-        "usage_total_matches_steps": True,
-        "avg_decoded_tokens_per_iter_matches": True,
-    }
+    assert counters["checks"] == {"token_ids_match_steps": True, "usage_total_matches_steps": True}
+    totals = state.totals()  # steps = 10 tokens / 2.5 per iteration
+    assert (totals.output_tokens, totals.steps, totals.accepted_drafts) == (10, 4, 6)
+    assert reconcile(state.steps, totals) == "exact"
 
 
 def test_vllm_stream_tokenless_chunk_is_not_a_step():
@@ -80,6 +79,8 @@ def test_vllm_stream_tokenless_chunk_is_not_a_step():
     assert state.steps == [1, 3, 2, 1]  # the flush chunk with no tokens is skipped
     assert state.finish_reason == "length" and len(state.token_ids) == 7
     assert state.counters()["checks"]["usage_total_matches_steps"]
+    assert state.totals() is None  # no per-request counts: the stream's steps stand unchecked
+    assert reconcile(state.steps, state.totals()) == "unchecked"
 
 
 def test_sglang_stream():
@@ -91,7 +92,7 @@ def test_sglang_stream():
 def test_trtllm_chat_stream_role_chunk_is_not_a_step():
     state = replay("trtllm_chat.sse")
     assert state.steps == [1, 3, 2] and "".join(state.text) == "Sure, here it is."
-    assert state.counters()["checks"]["avg_decoded_tokens_per_iter_matches"]
+    assert reconcile(state.steps, state.totals()) == "exact"
 
 
 def test_logprobs_are_the_fallback_count():
@@ -100,8 +101,9 @@ def test_logprobs_are_the_fallback_count():
 
 
 def test_step_above_draft_len_plus_one_invalidates_the_run():
-    with pytest.raises(BenchError, match="more than draft_len \\+ 1 = 3"):
-        replay("trtllm_completions.sse", draft_len=2)  # a step of 4 tokens
+    state = replay("trtllm_completions.sse", draft_len=2)  # a real step of 4 tokens
+    with pytest.raises(DraftLenExceeded, match="more than draft_len \\+ 1 = 3"):
+        check_draft_len(state.steps, state.totals(), 2)
 
 
 def test_vllm_metrics_counters_and_comparison():
@@ -242,8 +244,10 @@ def test_sglang_native_generate_stream_and_spec_verify_ct():
     assert "".join(state.text) == "The sky is blue. The sun is a"
     assert state.cumulative_ids[-1] == 128009 and len(state.cumulative_ids) == 10
     counters = state.counters()
-    assert counters["spec_verify_ct"] == 3  # the first token is output without a verify pass
-    assert counters["checks"]["spec_verify_ct_matches"]
+    assert counters["spec_verify_ct"] == 3
+    totals = state.totals()  # the first token is output without a verify pass
+    assert (totals.output_tokens, totals.steps) == (10, 4)
+    assert reconcile(state.steps, totals) == "exact"
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ class ScriptedEngine:
         self.interrupt_on = interrupt_on
         self.info = EngineInfo(name="scripted", version="1")
 
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+    async def generate(
+        self, prompt_ids: list[int], sampling: SamplingParams, messages=None
+    ) -> Generation:
         call = len(self.prompts)
         self.prompts.append(prompt_ids)
         if call == self.interrupt_on:

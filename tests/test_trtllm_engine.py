@@ -12,7 +12,7 @@ from fake_server import chat_format, tokenizer_dir, write_config
 from trtllm_standin import StandInLLM, llmapi
 
 from bench.config import load_config
-from bench.engines import SamplingParams
+from bench.engines import DraftLenExceeded, SamplingParams
 from bench.engines.trtllm import INSTALL, TrtllmEngine, llm_kwargs, preflight, speculative_config
 from bench.errors import BenchError
 
@@ -53,18 +53,29 @@ def test_steps_are_the_token_growth_of_each_update(config, tokenizer_dir):
     assert engine.info.version == "tensorrt_llm 1.2.0rc0 (stand-in)"
 
 
-def test_a_disagreeing_decoding_iter_is_reported(config, tokenizer_dir):
+def test_decoding_iter_decides_and_disagreeing_updates_are_not_detail(config, tokenizer_dir):
     engine = TrtllmEngine(
         config, chat_format(tokenizer_dir), llm=StandInLLM([1, 2, 2], iter_offset=1)
     )
-    counters = run(engine).engine_counters
-    assert counters["decoding_iter"] == 4 and counters["cross_check"] == "mismatch"
-    assert counters["checks"]["decoding_iter_matches"] is False
+    generation = run(engine)
+    assert generation.engine_counters["decoding_iter"] == 4
+    assert (generation.output_tokens, generation.step_count) == (5, 4)  # the engine's count
+    assert generation.step_detail == "disagrees" and not generation.has_step_detail
+    assert "decoding_iter" in generation.totals.source
+
+
+def test_stream_interval_above_one_merges_updates_but_totals_decide(config, tokenizer_dir):
+    steps = [1, 4, 2, 1, 3, 4, 4, 2]  # 8 iterations, 21 tokens
+    llm = StandInLLM(steps, stream_interval=3)  # updates after iterations 1, 3, 6, 8
+    generation = run(TrtllmEngine(config, chat_format(tokenizer_dir), llm=llm))
+    assert generation.steps == [1, 4 + 2, 1 + 3 + 4, 4 + 2]  # merged: more than k + 1 = 4
+    assert (generation.output_tokens, generation.step_count) == (21, 8)
+    assert generation.step_detail == "disagrees"
 
 
 def test_an_update_above_draft_len_plus_one_invalidates_the_run(config, tokenizer_dir):
     engine = TrtllmEngine(config, chat_format(tokenizer_dir), llm=StandInLLM([1, 5]))
-    with pytest.raises(BenchError, match="stream_interval"):
+    with pytest.raises(DraftLenExceeded, match="more than draft_len \\+ 1 = 4"):
         run(engine)
 
 
@@ -121,27 +132,15 @@ def test_without_tensorrt_llm_one_clear_sentence(config, tmp_path):
     assert bare.returncode == 2 and bare.stderr.strip() == f"error: {INSTALL}"
 
 
-def test_a_mismatch_becomes_a_summary_signal(config, tokenizer_dir):
+def test_merged_updates_become_a_summary_signal_and_leave_the_histogram(config, tokenizer_dir):
     from bench.metrics import summarize
     from bench.records import TurnRecord
 
-    engine = TrtllmEngine(
-        config, chat_format(tokenizer_dir), llm=StandInLLM([1, 2, 2], iter_offset=1)
-    )
-    g = run(engine)
-    record = TurnRecord(
-        question_id=81,
-        category="writing",
-        turn=1,
-        prompt_tokens=3,
-        steps=g.steps,
-        prefill_step=True,
-        output_tokens=sum(g.steps),
-        token_ids=g.token_ids,
-        text=g.text,
-        finish_reason=g.finish_reason,
-        duration_s=g.duration_s,
-        engine_counters=g.engine_counters,
-    )
-    signals = {s.code: s for s in summarize([record], draft_len=3).signals}
-    assert "decoding_iter_matches" in signals["engine_counter_mismatch"].message
+    llm = StandInLLM([1, 4, 2, 1, 3, 4, 4, 2], stream_interval=3)
+    g = run(TrtllmEngine(config, chat_format(tokenizer_dir), llm=llm))
+    records = [TurnRecord.of(81, "writing", turn, 3, g) for turn in (1, 2)]
+    summary = summarize(records, draft_len=3)
+    signals = {s.code: s for s in summary.signals}
+    assert "step_detail_disagrees" in signals and "step_exceeds_draft_len" not in signals
+    assert summary.questions[0].acceptance_length == pytest.approx(21 / 8)
+    assert summary.overall.histogram == [0, 0, 0, 0] and summary.overall.step_detail_turns == 0

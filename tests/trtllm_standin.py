@@ -44,10 +44,19 @@ class StandInLLM:
     SamplingParams = SamplingParams
     version = "1.2.0rc0 (stand-in)"
 
-    def __init__(self, steps: list[int], eos: int | None = None, iter_offset: int = 0):
+    def __init__(
+        self,
+        steps: list[int],
+        eos: int | None = None,
+        iter_offset: int = 0,
+        stream_interval: int = 1,
+    ):
         self.steps = steps
         self.eos = eos
         self.iter_offset = iter_offset  # a deliberately wrong decoding_iter
+        # As TensorRT-LLM's py_executor: an update on the first iteration, then every
+        # `stream_interval` iterations, and at the end.
+        self.stream_interval = stream_interval
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self._stats: list[str] = []
 
@@ -80,7 +89,8 @@ class StandInLLM:
                     }
                 )
             )
-            yield out
+            if i == 0 or last or (i + 1) % self.stream_interval == 0:
+                yield out
 
     def get_stats(self, timeout: float = 2) -> list[str]:
         taken, self._stats = self._stats, []

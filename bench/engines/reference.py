@@ -19,8 +19,8 @@ from typing import Any
 
 from bench import __version__
 from bench.config import RunConfig, TargetConfig
-from bench.conversation import ChatFormat
-from bench.engines import EngineInfo, SamplingParams
+from bench.conversation import ChatFormat, Message
+from bench.engines import EngineInfo, EngineTotals, Generation, SamplingParams, reconcile
 from bench.engines.drafters import (
     BatchDrafter,
     Drafter,
@@ -32,7 +32,6 @@ from bench.engines.drafters import (
     cache_argument,
 )
 from bench.errors import BenchError
-from bench.records import Generation
 
 try:
     import torch
@@ -449,14 +448,25 @@ class ReferenceEngine:
                 "stop_token_ids": sorted(stop),
                 "architecture": type(self.model).__name__,
             },
+            batch_size=self.batch_size,
         )
 
     def generation(self, row: Row) -> Generation:
         stopped = row.out[-1] in self.decoder.stop_token_ids
         visible = row.out[:-1] if stopped else row.out
+        # The loop is the engine: its totals are its steps, so the detail is exact.
+        totals = EngineTotals(
+            output_tokens=sum(row.steps),
+            steps=len(row.steps),
+            accepted_drafts=sum(e - 1 for e in row.steps[1:]),
+            proposed_drafts=sum(row.drafted[1:]),
+            source="reference decoder: its own verification loop",
+        )
         return Generation(
             steps=row.steps,
             prefill_step=True,
+            step_detail=reconcile(row.steps, totals),
+            totals=totals,
             drafted=row.drafted,
             token_ids=row.out,
             text=self.chat_format.decode(visible),
@@ -478,6 +488,7 @@ class ReferenceEngine:
         self,
         prompt_ids: list[int],
         sampling: SamplingParams,
+        messages: list[Message] | None = None,
         on_step: Callable[[list[int]], None] | None = None,
     ) -> Generation:
         """Decode one turn in the shared batch; `on_step` gets each step's tokens as they
