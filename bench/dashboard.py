@@ -34,6 +34,7 @@ from bench.errors import BenchError
 from bench.metrics import GroupSummary, Summary
 from bench.records import latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
+from bench.report import step_detail_note
 from bench.rundir import Manifest, RunDir, manifest_reference, write_text_atomic
 
 EXCERPT_CHARS = 160
@@ -557,7 +558,10 @@ def render_site(
     if s.overall is not None:
         base_summary = baseline.summary if baseline else None
         h += [turn_chart(s), histogram_chart(s, base_summary), position_chart(s, base_summary)]
-    h.append("</div><h2>All runs</h2>")
+    h.append("</div>")
+    if s.overall is not None:
+        h.append(f"<p class=note>{esc(step_detail_note(s).strip())}</p>")
+    h.append("<h2>All runs</h2>")
     run_rows = []
     for entry in reversed(runs):
         cells = [esc(c) for c in _run_cells(entry)]

@@ -29,6 +29,29 @@ def _rows(summary: Summary) -> list[tuple[str, GroupSummary]]:
     return rows
 
 
+def step_detail_note(summary: Summary) -> str:
+    """What the histogram and the per-position rates rest on: only the turns whose per-step
+    counts are real (the card AL and the figures above use every turn's totals)."""
+    overall = summary.overall
+    if overall is None:
+        return ""
+    detail, turns = overall.step_detail_turns, overall.turn_count
+    if detail == turns:
+        return f"Per-step detail: all {turns} turns.\n"
+    if detail == 0:
+        return (
+            f"Per-step detail: none of the {turns} turns. The engine reports per-request "
+            "totals only (or its stream merged steps), so the card AL and the figures above "
+            "come from its totals, and the histogram and per-position rates are "
+            "unavailable (shown empty, not as 1.0).\n"
+        )
+    return (
+        f"Per-step detail: {detail} of {turns} turns. The histogram and per-position rates "
+        "rest on those alone; the other turns' AL comes from the engine's per-request "
+        "totals (its stream merged decoding steps into chunks).\n"
+    )
+
+
 def card_table(summary: Summary) -> str:
     """The model card's table: | Category | MT Bench Acceptance Rate |, then overall."""
     lines = ["| Category | MT Bench Acceptance Rate |", "|---|---|"]
@@ -123,6 +146,7 @@ def render_report(
         )
     out.append("")
 
+    out.append(step_detail_note(summary))
     out.append("## Histogram (decode steps by tokens emitted)\n")
     header = " | ".join(f"e={e}" for e in range(1, k + 2))
     out.append(f"| Category | {header} |\n|---|" + "---|" * (k + 1))

@@ -187,7 +187,8 @@ def test_extra_llm_api_yaml_gets_the_draft_len(tmp_path):
             "decoding_type": "Eagle",
             "max_draft_len": 5,
             "speculative_model_dir": "/ckpt",
-        }
+        },
+        "stream_interval": 1,  # one chunk per iteration, whatever the file said
     }
     argv = build_command(launch, "http://0.0.0.0:8123", 5, tmp_path / "written.yml")
     assert argv[-1] == str(tmp_path / "written.yml")
@@ -198,10 +199,11 @@ def test_kimi_config_reproduces_the_card_recipe_and_fails_clearly_without_trtllm
     launch = config.engine.launch
     options = extra_llm_api_options(launch, 3)
     assert options["speculative_config"] == {
-        "decoding_type": "Eagle",
+        "decoding_type": "Eagle3",
         "max_draft_len": 3,
-        "speculative_model_dir": "nvidia/Kimi-K2-Thinking-Eagle3",
+        "speculative_model": "nvidia/Kimi-K2-Thinking-Eagle3",
     }
+    assert options["enable_iter_perf_stats"] is True and options["stream_interval"] == 1
     argv = build_command(launch, config.engine.base_url, 3, Path("x.yml"))
     assert argv == [
         "trtllm-serve",

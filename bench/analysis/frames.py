@@ -27,10 +27,8 @@ from bench.metrics import (
     GroupSummary,
     RateBlock,
     Summary,
-    acceptance_length,
-    decode_acceptance_length,
+    acceptance_length_of_totals,
     decode_acceptance_length_by_position,
-    decode_steps_of,
     paired_difference_ci95,
     step_positions,
     summarize,
@@ -193,14 +191,16 @@ def default_run_dirs(root: str | Path = DEFAULT_RESULTS) -> list[Path]:
 
 
 def steps_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per step of every successful turn: `tokens` = e, `position` = tokens the
-    turn emitted before the step (`metrics.step_positions`), `prefill` flags the prefill
-    step, `counted` whether the question enters the summary (both turns succeeded)."""
+    """One row per step of every successful turn with real per-step detail (turns whose
+    engine gave totals only, or whose stream merged steps, have no rows): `tokens` = e,
+    `position` = tokens the turn emitted before the step (`metrics.step_positions`),
+    `prefill` flags the prefill step, `counted` whether the question enters the summary
+    (both turns succeeded)."""
     rows = []
     for run in runs:
         counted = run.counted_ids
         for r in run.turns:
-            if not r.ok:
+            if not r.ok or not r.has_step_detail:
                 continue
             drafted = r.drafted or [None] * len(r.steps)
             positions = step_positions(r.steps)
@@ -237,12 +237,15 @@ def steps_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def turns_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per recorded (question, turn), failed ones included (`ok` False, no AL)."""
+    """One row per recorded (question, turn), failed ones included (`ok` False, no AL).
+    `steps` and the ALs come from the engine's per-request totals where it reported them;
+    `step_detail` says whether the turn's per-step counts are real (`exact`, `unchecked`)
+    or not (`disagrees`, `none`)."""
     rows = []
     for run in runs:
         counted = run.counted_ids
         for r in run.turns:
-            decode = decode_steps_of(r.steps, r.prefill_step)
+            prefill = 1 if r.prefill_step and r.step_count else 0
             rows.append(
                 {
                     "run": run.label,
@@ -251,9 +254,18 @@ def turns_frame(runs: Sequence[Run]) -> pd.DataFrame:
                     "turn": r.turn,
                     "ok": r.ok,
                     "counted": r.question_id in counted,
-                    "acceptance_length": acceptance_length(r.steps) if r.ok and r.steps else None,
-                    "decode_acceptance_length": decode_acceptance_length(decode) if r.ok else None,
-                    "steps": len(r.steps),
+                    "acceptance_length": (
+                        acceptance_length_of_totals(r.output_tokens, r.step_count)
+                        if r.ok and r.step_count
+                        else None
+                    ),
+                    "decode_acceptance_length": (
+                        (r.output_tokens - prefill) / (r.step_count - prefill)
+                        if r.ok and r.step_count > prefill
+                        else None
+                    ),
+                    "steps": r.step_count,
+                    "step_detail": r.step_detail,
                     "output_tokens": r.output_tokens,
                     "prompt_tokens": r.prompt_tokens,
                     "finish_reason": r.finish_reason,
@@ -372,7 +384,7 @@ def position_buckets_frame(runs: Sequence[Run], bucket_tokens: int = 32) -> pd.D
     rows = []
     for run in runs:
         counted = run.counted_ids
-        turns = [r for r in run.turns if r.ok and r.question_id in counted]
+        turns = [r for r in run.turns if r.ok and r.question_id in counted and r.has_step_detail]
         groups = [(c, [r for r in turns if r.category == c]) for c in CATEGORIES]
         groups.append((OVERALL, turns))
         for category, members in groups:

@@ -45,7 +45,9 @@ def host_port(base_url: str) -> tuple[str, int]:
 
 
 def extra_llm_api_options(launch: LaunchConfig, draft_len: int) -> dict[str, Any] | None:
-    """trtllm-serve's extra options with `speculative_config.max_draft_len` = draft_len."""
+    """trtllm-serve's extra options with `speculative_config.max_draft_len` = draft_len and
+    `stream_interval: 1`: one streamed chunk per iteration, so the stream's per-step
+    counts can be detail (a larger interval merges iterations into one chunk)."""
     source = launch.extra_llm_api_options
     if source is None:
         return None
@@ -58,6 +60,7 @@ def extra_llm_api_options(launch: LaunchConfig, draft_len: int) -> dict[str, Any
     spec = data.get("speculative_config")
     if isinstance(spec, dict):
         spec["max_draft_len"] = draft_len
+    data["stream_interval"] = 1
     return data
 
 
