@@ -557,7 +557,9 @@ def render_site(
     h.append("</div><h2>Turn split, histogram, draft positions (latest run)</h2><div class=charts>")
     if s.overall is not None:
         base_summary = baseline.summary if baseline else None
-        h += [turn_chart(s), histogram_chart(s, base_summary), position_chart(s, base_summary)]
+        h.append(turn_chart(s))
+        if s.overall.step_detail_turns:  # totals-only runs have no per-step figures
+            h += [histogram_chart(s, base_summary), position_chart(s, base_summary)]
     h.append("</div>")
     if s.overall is not None:
         h.append(f"<p class=note>{esc(step_detail_note(s).strip())}</p>")

@@ -227,7 +227,8 @@ def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Pat
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    if summary.overall is not None:
+    # Without per-step detail (totals-only engines) there is no histogram to draw.
+    if summary.overall is not None and summary.overall.step_detail_turns:
         fig, ax = plt.subplots(figsize=(6, 4))
         hist = summary.overall.histogram
         total = sum(hist) or 1

@@ -84,7 +84,7 @@ def test_ngram_run_has_the_servers_own_al_and_no_per_step_detail(llama_server, t
     assert all(v is None for v in overall.joint_acceptance)  # unavailable, not 1.0
     assert "totals_only_turns" in {s.code for s in outcome.summary.signals}
     report = (outcome.run.path / "report.md").read_text()
-    assert "per-step detail" in report
+    assert "per-step detail: none of the 4 turns" in report.lower()
 
 
 def test_a_streamed_turn_equals_the_servers_plain_response(llama_server, tmp_path):
@@ -127,8 +127,11 @@ def synthetic_steps(n: int, k: int, accepted_per_step: int) -> int:
     return steps
 
 
-def test_synthetic_acceptance_is_measured_exactly(llama_server, tmp_path):
-    """`--spec-synth-rates 1,1,0`: drafts 1 and 2 always accepted, draft 3 never."""
+def test_synthetic_acceptance_is_measured_from_the_servers_counts(llama_server, tmp_path):
+    """`--spec-synth-rates 1,1,0`: drafts 1 and 2 accepted, draft 3 never, so each step
+    that drafts emits 3 tokens (1 + the rates' sum). llama-server never accepts a drafted
+    end-of-generation token, so a step whose draft holds one accepts fewer: at most a few
+    extra steps in 64 tokens."""
     config = config_for(SELF, tmp_path, **{"engine.extra_body": {"ignore_eos": True}})
     launch = config.engine.launch
     argv = [*launch.command, "--spec-synth-rates", "1,1,0"]
@@ -142,10 +145,15 @@ def test_synthetic_acceptance_is_measured_exactly(llama_server, tmp_path):
     chat = ChatFormat(load_tokenizer(config.target), config.conversation)
     engine = OpenAIEngine(synth, chat)
     try:
-        prompt = chat.prompt_ids([{"role": "user", "content": "Say something."}])
+        prompt = chat.prompt_ids(
+            [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+        )
         g = asyncio.run(engine.generate(prompt, SamplingParams(0.0, 64, 3)))
     finally:
         asyncio.run(engine.aclose())
     assert g.output_tokens == 64 and g.finish_reason == "length"
-    assert g.step_count == synthetic_steps(64, 3, 2)  # 23 steps: AL 64 / 23
+    decode_steps = g.step_count - 1
+    assert g.totals.accepted_drafts <= 2 * decode_steps  # never the third draft
+    ideal = synthetic_steps(64, 3, 2)  # 22 steps when no draft holds an end token
+    assert ideal <= g.step_count <= ideal + 3, g.totals
     assert target_file(config).endswith(".gguf")
