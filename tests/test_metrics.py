@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.engines import EngineTotals
 from bench.metrics import (
     bootstrap_ci95,
     conditional_acceptance,
@@ -16,25 +17,7 @@ from bench.metrics import (
     summarize,
 )
 from bench.records import TurnRecord
-
-
-def record(qid: int, turn: int, steps: list[int], category: str = "writing", **kw) -> TurnRecord:
-    fields = dict(
-        question_id=qid,
-        category=category,
-        turn=turn,
-        prompt_tokens=10,
-        steps=steps,
-        prefill_step=True,
-        output_tokens=sum(steps),
-        token_ids=list(range(sum(steps))),
-        text="x",
-        finish_reason="stop",
-        duration_s=1.0,
-    )
-    fields.update(kw)
-    return TurnRecord(**fields)
-
+from tests.conftest import turn as record
 
 # The worked example: k = 3, one question.
 WORKED = [record(81, 1, [1, 4, 2, 1, 3]), record(81, 2, [1, 4, 4, 2])]
@@ -212,3 +195,70 @@ def test_stratified_bootstrap_pools_when_a_category_has_one_question():
     low, high = bootstrap_ci95(one_each)
     assert low < high  # not the zero-width interval of three fixed strata
     assert bootstrap_ci95(one_each) == bootstrap_ci95([[1.2, 1.9, 2.6]])
+
+
+# --- engines that report per-request totals -------------------------------------------
+
+
+def totals(n: int, accepted: int, proposed: int | None = None) -> EngineTotals:
+    return EngineTotals(
+        output_tokens=n,
+        steps=n - accepted,
+        accepted_drafts=accepted,
+        proposed_drafts=proposed,
+        source="test: steps = n - accepted",
+    )
+
+
+def test_totals_example_from_the_docs():
+    """A turn of 120 tokens with 89 accepted drafts took 31 steps: AL 3.871."""
+    one = record(81, 1, [], step_detail="none", totals=totals(120, 89))
+    two = record(81, 2, [], step_detail="none", totals=totals(120, 89))
+    s = summarize([one, two], draft_len=3)
+    assert one.step_count == 31 and one.output_tokens == 120
+    assert round(s.questions[0].acceptance_length, 3) == 3.871
+    assert s.overall.decode_acceptance_length == pytest.approx(119 / 30)
+    assert s.overall.draft_acceptance_rate == pytest.approx(89 / (3 * 30))
+    assert s.overall.histogram == [0, 0, 0, 0] and s.overall.step_detail_turns == 0
+    assert s.overall.joint_acceptance == [None, None, None]  # unavailable, not 1.0
+    assert "totals_only_turns" in {x.code for x in s.signals}
+
+
+def test_totals_decide_and_only_real_detail_feeds_the_histogram():
+    """Turn 1's chunks add up to its totals (exact); turn 2's stream merged steps [4, 2]
+    into one chunk of 6, so its totals (3 steps) decide and its chunks are left out."""
+    exact = record(81, 1, [1, 4, 2], totals=totals(7, 4, proposed=6))
+    merged = record(81, 2, [1, 6], step_detail="disagrees", totals=totals(7, 4, proposed=6))
+    s = summarize([exact, merged], draft_len=3)
+    assert s.questions[0].acceptance_length == pytest.approx(14 / 6)  # not 14 / 5
+    assert s.overall.histogram == [0, 1, 0, 1]  # turn 1's decode steps 4 and 2 only
+    assert (s.overall.step_detail_turns, s.overall.turn_count) == (1, 2)
+    assert s.overall.proposed_draft_acceptance_rate == pytest.approx(8 / 12)
+    codes = {x.code for x in s.signals}
+    assert "step_detail_disagrees" in codes and "step_exceeds_draft_len" not in codes
+
+
+def test_records_of_version_1_read_as_before():
+    """A record written before totals existed: the reference engine's steps are exact, a
+    stream's are unchecked; output_tokens and step_count come from the steps."""
+    old = {
+        "schema_version": 1,
+        "question_id": 81,
+        "category": "writing",
+        "turn": 1,
+        "prompt_tokens": 3,
+        "steps": [1, 3],
+        "prefill_step": True,
+        "output_tokens": 4,
+        "token_ids": [1, 2, 3, 4],
+        "text": "x",
+        "finish_reason": "stop",
+        "duration_s": 1.0,
+    }
+    assert TurnRecord.model_validate(old).step_detail == "exact"
+    streamed = {**old, "engine_counters": {"step_source": "usage"}}
+    record_ = TurnRecord.model_validate(streamed)
+    assert record_.step_detail == "unchecked" and (record_.output_tokens, record_.step_count) == (
+        4,
+        2,
+    )
