@@ -82,7 +82,9 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, help="output tokens per turn")
     p.add_argument("--seed", type=int, help="sampling seed (temperature > 0)")
-    p.add_argument("--reasoning-effort", help="passed to the chat template (default medium)")
+    p.add_argument(
+        "--reasoning-effort", help="passed to the chat template: low, medium (default) or high"
+    )
     p.add_argument(
         "--turn2-history",
         choices=["final", "raw"],
@@ -274,6 +276,8 @@ def add_serve_parser(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bench.serve import serve
 
+    if not 0 < args.port < 65536:
+        raise BenchError(f"--port must be between 1 and 65535, got {args.port}")
     serve(args.config, args.host, args.port, args.draft_len)
     return 0
 

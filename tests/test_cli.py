@@ -43,12 +43,21 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, fragment: str) -
         (["--questions", "no/such.jsonl"], "does not exist"),
         (["--limit", "0"], "dataset.limit"),
         (["--quantize", "int8-dynamic", "--engine", "openai"], "reference engine only"),
+        (
+            ["--reasoning-effort", "ultra"],
+            "conversation.reasoning_effort: Input should be 'low', 'medium' or 'high'",
+        ),
     ],
 )
 def test_bad_input_is_one_sentence_and_nonzero(tmp_path, args, fragment):
     result = bench("run", *args, "--out", str(tmp_path / "run"))
     assert_one_clear_error(result, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_refuses_a_port_out_of_range():
+    result = bench("serve", "--port", "99999")
+    assert_one_clear_error(result, "--port must be between 1 and 65535, got 99999")
 
 
 def test_malformed_question_file_names_line(tmp_path):
