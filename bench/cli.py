@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__
-from bench.errors import BenchError
+from bench.errors import BenchError, IncompleteRunError
 
 
 def _number_list(kind: type, name: str):
@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if signal.severity != "info":
             print(f"{signal.severity}: {signal.message}", file=sys.stderr)
     if not summary.complete:
-        raise BenchError(
+        raise IncompleteRunError(
             f"{len(summary.failed)} turns failed and {len(summary.missing)} are missing; "
             f"finish them with: python -m bench run --resume {outcome.run.path}"
         )

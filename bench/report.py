@@ -6,6 +6,7 @@ The report opens with the model card's own table shape, so it can be laid beside
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.dataset import CATEGORIES
@@ -31,9 +32,20 @@ def card_table(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+PLOT_CAPTIONS = {
+    "categories.png": "per category",
+    "histogram.png": "histogram",
+    "positions.png": "per position",
+}
+
+
 def render_report(
-    summary: Summary, manifest: Manifest | None = None, reference: ReferenceTable | None = None
+    summary: Summary,
+    manifest: Manifest | None = None,
+    reference: ReferenceTable | None = None,
+    plots: Sequence[Path] = (),
 ) -> str:
+    """report.md's text; `plots` are the charts `render_plots` wrote, linked at the end."""
     k = summary.draft_len
     out: list[str] = []
     title = manifest.run_id if manifest else "run"
@@ -150,9 +162,8 @@ def render_report(
         for ref in summary.failed:
             out.append(f"- question {ref.question_id} turn {ref.turn}: {ref.error}")
         out.append("")
-    out.append("![per category](plots/categories.png)\n")
-    out.append("![histogram](plots/histogram.png)\n")
-    out.append("![per position](plots/positions.png)\n")
+    for plot in plots:  # only the charts that were written
+        out.append(f"![{PLOT_CAPTIONS.get(plot.name, plot.stem)}](plots/{plot.name})\n")
     return "\n".join(out)
 
 
@@ -235,6 +246,6 @@ def write_results(
     reference: ReferenceTable | None,
 ) -> None:
     """The one writer of summary.json, report.md and plots/."""
-    render_plots(summary, reference, run.plots_dir)
-    write_text_atomic(run.report_path, render_report(summary, manifest, reference))
+    plots = render_plots(summary, reference, run.plots_dir)
+    write_text_atomic(run.report_path, render_report(summary, manifest, reference, plots))
     write_text_atomic(run.summary_path, summary.model_dump_json(indent=2))
