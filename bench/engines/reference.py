@@ -19,12 +19,7 @@ from bench.config import RunConfig
 from bench.conversation import ChatFormat
 from bench.engines import EngineInfo, SamplingParams
 from bench.engines.drafters import build_drafter
-from bench.engines.speculative import (
-    IterationStats,
-    SpeculativeDecoder,
-    TurnInFlight,
-    verify,
-)
+from bench.engines.speculative import IterationStats, SpeculativeDecoder, TurnInFlight, verify
 from bench.errors import BenchError
 from bench.records import Generation
 from bench.target import load_target_model, pick_device
