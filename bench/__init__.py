@@ -1,6 +1,6 @@
 """bench: MT-Bench acceptance of speculative decoding, per category, as model cards publish it.
 
-The pipeline runs in one direction (see DESIGN.md): config -> dataset -> conversation ->
+The pipeline runs in one direction (README.md, "Layout"): config -> dataset -> conversation ->
 engine -> records -> metrics -> report. Everything after `records` needs no engine.
 """
 

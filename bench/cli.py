@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__
-from bench.errors import BenchError
+from bench.errors import BenchError, IncompleteRunError
 
 
 def _number_list(kind: type, name: str):
@@ -82,7 +82,9 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, help="output tokens per turn")
     p.add_argument("--seed", type=int, help="sampling seed (temperature > 0)")
-    p.add_argument("--reasoning-effort", help="passed to the chat template (default medium)")
+    p.add_argument(
+        "--reasoning-effort", help="passed to the chat template: low, medium (default) or high"
+    )
     p.add_argument(
         "--turn2-history",
         choices=["final", "raw"],
@@ -151,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if signal.severity != "info":
             print(f"{signal.severity}: {signal.message}", file=sys.stderr)
     if not summary.complete:
-        raise BenchError(
+        raise IncompleteRunError(
             f"{len(summary.failed)} turns failed and {len(summary.missing)} are missing; "
             f"finish them with: python -m bench run --resume {outcome.run.path}"
         )
@@ -274,6 +276,8 @@ def add_serve_parser(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bench.serve import serve
 
+    if not 0 < args.port < 65536:
+        raise BenchError(f"--port must be between 1 and 65535, got {args.port}")
     serve(args.config, args.host, args.port, args.draft_len)
     return 0
 

@@ -37,6 +37,7 @@ from bench.errors import BenchError
 from bench.metrics import Summary, paired_difference_ci95
 from bench.references import ReferenceTable, load_reference
 from bench.rundir import Manifest, RunDir, drafter_mismatch, write_text_atomic
+from bench.tables import fmt, lookup
 
 COMPARE_SCHEMA_VERSION = 1
 DEFAULT_TOLERANCE = 0.02
@@ -131,17 +132,15 @@ class Side:
     def value(self, name: str) -> float | None:
         """Card AL of a category, or "overall"."""
         if self.summary is not None:
-            group = self.summary.overall if name == "overall" else self.summary.categories.get(name)
+            group = lookup(self.summary, name)
             return group.acceptance_length if group is not None else None
         assert self.reference is not None
-        if name == "overall":
-            return self.reference.overall
-        return self.reference.categories.get(name)
+        return lookup(self.reference, name)
 
     def ci95(self, name: str) -> tuple[float, float] | None:
         if self.summary is None:
             return None
-        group = self.summary.overall if name == "overall" else self.summary.categories.get(name)
+        group = lookup(self.summary, name)
         return group.ci95 if group is not None else None
 
     def question_als(self) -> dict[int, tuple[str, float]] | None:
@@ -239,7 +238,7 @@ class SideInfo(BaseModel):
     settings: dict[str, Any]
 
 
-class Row(BaseModel):
+class ComparisonRow(BaseModel):
     """One category (or overall): both values, the delta and the verdict."""
 
     name: str
@@ -276,7 +275,7 @@ class Comparison(BaseModel):
         "card AL: tokens per step, prefill steps included, per-question mean over both turns"
     )
     noise_method: str
-    rows: list[Row]
+    rows: list[ComparisonRow]
     joint_acceptance: list[dict[str, Any]]
     checks: list[Check]
     notes: list[str]
@@ -370,12 +369,12 @@ def _paired(
     return paired.mean_difference, paired.ci95, paired.shared_questions
 
 
-def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> Row:
+def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> ComparisonRow:
     b, c = base.value(name), cand.value(name)
     tolerance = gate.tolerance_for(name)
     if b is None or c is None:
         missing = [s.label for s, v in ((base, b), (cand, c)) if v is None]
-        return Row(
+        return ComparisonRow(
             name=name,
             baseline=b,
             candidate=c,
@@ -388,7 +387,7 @@ def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> R
         )
     delta = c - b
     relative = delta / b if b else None
-    row = Row(
+    row = ComparisonRow(
         name=name,
         baseline=b,
         candidate=c,
@@ -500,25 +499,21 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
 # --- rendering ---------------------------------------------------------------------------
 
 
-def _f(value: float | None, fmt: str = ".3f") -> str:
-    return "–" if value is None else format(value, fmt)
-
-
-def _noise(row: Row) -> str:
+def _noise(row: ComparisonRow) -> str:
     if row.beyond_noise is None:
         return "?"
     return "beyond noise" if row.beyond_noise else "within noise"
 
 
-def _cells(row: Row) -> list[str]:
+def _cells(row: ComparisonRow) -> list[str]:
     ci = "" if row.delta_ci95 is None else f"[{row.delta_ci95[0]:+.3f}, {row.delta_ci95[1]:+.3f}]"
     verdict = "REGRESSION" if row.regression else ("–" if row.delta is None else "ok")
     return [
         row.name,
-        _f(row.baseline),
-        _f(row.candidate),
-        _f(row.delta, "+.3f"),
-        _f(row.relative_delta, "+.2%"),
+        fmt(row.baseline),
+        fmt(row.candidate),
+        fmt(row.delta, "+.3f"),
+        fmt(row.relative_delta, "+.2%"),
         ci or "–",
         _noise(row),
         f"-{row.tolerance:.1%}",
@@ -568,7 +563,7 @@ def render_terminal(result: Comparison) -> str:
             lines.append(f"  {row.name}: {row.note}")
     for j in result.joint_acceptance:
         lines.append(
-            f"joint acceptance j={j['position']}: {_f(j['joint_acceptance'])} "
+            f"joint acceptance j={j['position']}: {fmt(j['joint_acceptance'])} "
             f"(min {j['min']:.3f}) {'ok' if j['ok'] else 'UNDER BOUND'}"
         )
     for note in result.notes:
@@ -611,7 +606,7 @@ def render_markdown(result: Comparison) -> str:
         out.append("\n| draft position | joint acceptance | lower bound | |\n|---|---|---|---|")
         for j in result.joint_acceptance:
             out.append(
-                f"| {j['position']} | {_f(j['joint_acceptance'])} | {j['min']:.3f} | "
+                f"| {j['position']} | {fmt(j['joint_acceptance'])} | {j['min']:.3f} | "
                 f"{'ok' if j['ok'] else '❌'} |"
             )
         out.append("")

@@ -100,7 +100,7 @@ class NgramDrafterConfig(Frozen):
 
 
 class Eagle3DrafterConfig(Frozen):
-    """An EAGLE-3 draft head (Llama-style, REFERENCE.md §8) fed by the target's hidden states."""
+    """An EAGLE-3 draft head (Llama-style, docs/engines.md) fed by the target's hidden states."""
 
     kind: Literal["eagle3"] = "eagle3"
     checkpoint: str
@@ -268,8 +268,9 @@ class SamplingConfig(Frozen):
 
 
 class ConversationConfig(Frozen):
-    reasoning_effort: str | None = "medium"
-    """Passed to the chat template as `reasoning_effort`; whether it is used is recorded."""
+    reasoning_effort: Literal["low", "medium", "high"] | None = "medium"
+    """Passed to the chat template as `reasoning_effort` (the values gpt-oss's and other
+    reasoning models' templates know; null passes nothing); whether it is used is recorded."""
     turn2_history: Literal["final", "raw"] = "final"
     """`final` removes the reasoning from the turn-1 answer before turn 2; `raw` keeps it."""
     system_prompt: str | None = None
@@ -364,9 +365,12 @@ def read_yaml(path: Path, what: str) -> Any:
 
 
 def describe_validation_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
+    """The first problem in one sentence, an unknown field before anything else: a misspelt
+    setting also makes the field it was meant to be look missing."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    more = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{source}: {where}: {first['msg']}{more}"
 
 

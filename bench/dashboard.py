@@ -31,11 +31,12 @@ from pathlib import Path
 from bench.compare import Comparison, GateConfig, compare, load_side, md_escape
 from bench.dataset import CATEGORIES
 from bench.errors import BenchError
-from bench.metrics import GroupSummary, Summary
+from bench.metrics import Summary
 from bench.records import latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
 from bench.report import step_detail_note
 from bench.rundir import Manifest, RunDir, manifest_reference, write_text_atomic
+from bench.tables import fmt, fmt_ci, lookup
 
 EXCERPT_CHARS = 160
 SERIES_COLORS = {
@@ -245,25 +246,21 @@ class Plot:
         return "".join(parts)
 
 
-def _group(summary: Summary, name: str) -> GroupSummary | None:
-    return summary.overall if name == "overall" else summary.categories.get(name)
-
-
 def trend_chart(
     name: str, runs: list[RunEntry], baseline: RunEntry | None, reference: ReferenceTable | None
 ) -> str:
     """Card AL of one category over runs (oldest left) with intervals; baseline, reference."""
     values = []
     for entry in runs:
-        g = _group(entry.summary, name)
+        g = lookup(entry.summary, name)
         values.append((entry, g.acceptance_length if g else None, g.ci95 if g else None))
     lines: list[tuple[str, float, str, str]] = []
     if baseline is not None:
-        g = _group(baseline.summary, name)
+        g = lookup(baseline.summary, name)
         if g is not None and g.acceptance_length is not None:
             lines.append(("baseline", g.acceptance_length, SERIES_COLORS["baseline"], "6,3"))
     if reference is not None:
-        ref = reference.overall if name == "overall" else reference.categories.get(name)
+        ref = lookup(reference, name)
         if ref is not None:
             lines.append(("reference", ref, SERIES_COLORS["reference"], "2,3"))
     seen = [v for _, v, _ in values if v is not None] + [v for _, v, _, _ in lines]
@@ -289,7 +286,7 @@ def trend_chart(
 
 def turn_chart(summary: Summary) -> str:
     names = [c for c in CATEGORIES if c in summary.categories] + ["overall"]
-    groups = [_group(summary, n) for n in names]
+    groups = [lookup(summary, n) for n in names]
     values = [g.turns[t].acceptance_length or 1.0 for g in groups if g for t in ("1", "2")]
     plot = Plot("AL by turn", names, 1.0, max([*values, 1.5]) * 1.05, "AL", width=620)
     for i, g in enumerate(groups):
@@ -384,14 +381,6 @@ code{font-size:12px;background:#f6f6f6;padding:0 2px;white-space:pre-wrap;word-b
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'"
 
 
-def _f(value: float | None, fmt: str = ".3f") -> str:
-    return "–" if value is None else format(value, fmt)
-
-
-def _ci(ci: tuple[float, float] | None) -> str:
-    return "–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
 def _table(header: list[str], rows: list[list[str]], table_id: str) -> str:
     """An HTML table; cells are already-escaped HTML."""
     head = "".join(f"<th>{h}</th>" for h in header)
@@ -415,26 +404,26 @@ def _latest_rows(
     names = [c for c in CATEGORIES if c in s.categories] + ["overall"]
     rows = []
     for name in names:
-        g = _group(s, name)
+        g = lookup(s, name)
         mine = g.acceptance_length if g else None
-        base_g = _group(baseline.summary, name) if baseline else None
+        base_g = lookup(baseline.summary, name) if baseline else None
         base = base_g.acceptance_length if base_g else None
         ref = None
         if reference is not None:
-            ref = reference.overall if name == "overall" else reference.categories.get(name)
+            ref = lookup(reference, name)
         rows.append(
             (
                 name,
                 [
                     name,
-                    _f(mine),
-                    _ci(g.ci95 if g else None),
-                    _f(base),
+                    fmt(mine),
+                    fmt_ci(g.ci95 if g else None),
+                    fmt(base),
                     _delta(mine, base),
-                    _f(ref),
+                    fmt(ref),
                     _delta(mine, ref),
-                    _f(g.turns["1"].acceptance_length if g else None),
-                    _f(g.turns["2"].acceptance_length if g else None),
+                    fmt(g.turns["1"].acceptance_length if g else None),
+                    fmt(g.turns["2"].acceptance_length if g else None),
                 ],
             )
         )
@@ -480,7 +469,7 @@ def _run_cells(entry: RunEntry) -> list[str]:
         m.config.target.name,
         commit,
         f"{entry.summary.counted_questions}/{entry.summary.expected_questions}",
-        _f(overall.acceptance_length if overall else None),
+        fmt(overall.acceptance_length if overall else None),
         "yes" if entry.summary.valid else "NO",
     ]
 
@@ -552,7 +541,7 @@ def render_site(
     h += [
         trend_chart(n, trend_runs, baseline, reference)
         for n in [*CATEGORIES, "overall"]
-        if any(_group(r.summary, n) for r in trend_runs)
+        if any(lookup(r.summary, n) for r in trend_runs)
     ]
     h.append("</div><h2>Turn split, histogram, draft positions (latest run)</h2><div class=charts>")
     if s.overall is not None:
@@ -576,9 +565,9 @@ def render_site(
         [
             esc(q.question_id),
             esc(q.category),
-            _f(q.acceptance_length),
-            _f(q.turn1_acceptance_length),
-            _f(q.turn2_acceptance_length),
+            fmt(q.acceptance_length),
+            fmt(q.turn1_acceptance_length),
+            fmt(q.turn2_acceptance_length),
             esc(" / ".join(q.finish_reasons)),
             f"<code>{esc(latest.excerpts.get(q.question_id, ''))}</code>",
         ]

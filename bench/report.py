@@ -6,20 +6,14 @@ The report opens with the model card's own table shape, so it can be laid beside
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.dataset import CATEGORIES
-from bench.metrics import GroupSummary, RateBlock, Summary
+from bench.metrics import GroupSummary, Summary
 from bench.references import ReferenceTable
 from bench.rundir import Manifest, RunDir, write_text_atomic
-
-
-def _f(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(block: RateBlock) -> str:
-    return "–" if block.ci95 is None else f"[{block.ci95[0]:.3f}, {block.ci95[1]:.3f}]"
+from bench.tables import fmt, fmt_ci, lookup
 
 
 def _rows(summary: Summary) -> list[tuple[str, GroupSummary]]:
@@ -57,13 +51,24 @@ def card_table(summary: Summary) -> str:
     lines = ["| Category | MT Bench Acceptance Rate |", "|---|---|"]
     for name, group in _rows(summary):
         label = "**overall**" if name == "overall" else name
-        lines.append(f"| {label} | {_f(group.acceptance_length)} |")
+        lines.append(f"| {label} | {fmt(group.acceptance_length)} |")
     return "\n".join(lines)
 
 
+PLOT_CAPTIONS = {
+    "categories.png": "per category",
+    "histogram.png": "histogram",
+    "positions.png": "per position",
+}
+
+
 def render_report(
-    summary: Summary, manifest: Manifest | None = None, reference: ReferenceTable | None = None
+    summary: Summary,
+    manifest: Manifest | None = None,
+    reference: ReferenceTable | None = None,
+    plots: Sequence[Path] = (),
 ) -> str:
+    """report.md's text; `plots` are the charts `render_plots` wrote, linked at the end."""
     k = summary.draft_len
     out: list[str] = []
     title = manifest.run_id if manifest else "run"
@@ -109,14 +114,16 @@ def render_report(
             "| Category | this run | 95 % CI | reference | Δ | Δ % |\n|---|---|---|---|---|---|"
         )
         for name, group in _rows(summary):
-            ref = reference.overall if name == "overall" else reference.categories.get(name)
+            ref = lookup(reference, name)
             mine = group.acceptance_length
             if ref is None or mine is None:
                 delta = rel = "–"
             else:
                 delta = f"{mine - ref:+.3f}"
                 rel = f"{(mine - ref) / ref:+.1%}"
-            out.append(f"| {name} | {_f(mine)} | {_ci(group)} | {_f(ref)} | {delta} | {rel} |")
+            out.append(
+                f"| {name} | {fmt(mine)} | {fmt_ci(group.ci95)} | {fmt(ref)} | {delta} | {rel} |"
+            )
         out.append("")
 
     out.append("## Other conventions\n")
@@ -132,9 +139,9 @@ def render_report(
     )
     for name, g in _rows(summary):
         out.append(
-            f"| {name} | {_f(g.acceptance_length)} | {_ci(g)} | {_f(g.decode_acceptance_length)} "
-            f"| {_f(g.pooled_acceptance_length)} | {_f(g.draft_acceptance_rate)} "
-            f"| {_f(g.proposed_draft_acceptance_rate)} |"
+            f"| {name} | {fmt(g.acceptance_length)} | {fmt_ci(g.ci95)} | {fmt(g.decode_acceptance_length)} "
+            f"| {fmt(g.pooled_acceptance_length)} | {fmt(g.draft_acceptance_rate)} "
+            f"| {fmt(g.proposed_draft_acceptance_rate)} |"
         )
     out.append("")
 
@@ -142,7 +149,7 @@ def render_report(
     out.append("| Category | turn 1 AL | turn 2 AL |\n|---|---|---|")
     for name, g in _rows(summary):
         out.append(
-            f"| {name} | {_f(g.turns['1'].acceptance_length)} | {_f(g.turns['2'].acceptance_length)} |"
+            f"| {name} | {fmt(g.turns['1'].acceptance_length)} | {fmt(g.turns['2'].acceptance_length)} |"
         )
     out.append("")
 
@@ -163,7 +170,7 @@ def render_report(
     out.append(f"| Category | {positions} |\n|---|" + "---|" * (2 * k))
     for name, g in _rows(summary):
         cells = " | ".join(
-            f"{_f(jv)} | {_f(cv)}" for jv, cv in zip(g.joint_acceptance, g.conditional_acceptance)
+            f"{fmt(jv)} | {fmt(cv)}" for jv, cv in zip(g.joint_acceptance, g.conditional_acceptance)
         )
         out.append(f"| {name} | {cells} |")
     out.append("")
@@ -179,9 +186,8 @@ def render_report(
         for ref in summary.failed:
             out.append(f"- question {ref.question_id} turn {ref.turn}: {ref.error}")
         out.append("")
-    out.append("![per category](plots/categories.png)\n")
-    out.append("![histogram](plots/histogram.png)\n")
-    out.append("![per position](plots/positions.png)\n")
+    for plot in plots:  # only the charts that were written
+        out.append(f"![{PLOT_CAPTIONS.get(plot.name, plot.stem)}](plots/{plot.name})\n")
     return "\n".join(out)
 
 
@@ -206,9 +212,7 @@ def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Pat
     high = [max(0.0, (g.ci95[1] if g.ci95 else v) - v) for v, (_, g) in zip(values, rows)]
     ax.bar(names, values, yerr=[low, high], capsize=4, color="#4C72B0", label="this run (95 % CI)")
     if reference is not None:
-        ref_vals = [
-            reference.overall if n == "overall" else reference.categories.get(n) for n in names
-        ]
+        ref_vals = [lookup(reference, n) for n in names]
         xs = [i for i, v in enumerate(ref_vals) if v is not None]
         ax.scatter(
             xs,
@@ -267,6 +271,6 @@ def write_results(
     reference: ReferenceTable | None,
 ) -> None:
     """The one writer of summary.json, report.md and plots/."""
-    render_plots(summary, reference, run.plots_dir)
-    write_text_atomic(run.report_path, render_report(summary, manifest, reference))
+    plots = render_plots(summary, reference, run.plots_dir)
+    write_text_atomic(run.report_path, render_report(summary, manifest, reference, plots))
     write_text_atomic(run.summary_path, summary.model_dump_json(indent=2))

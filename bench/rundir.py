@@ -17,6 +17,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -169,21 +170,35 @@ class RunDir:
     report_path = property(lambda self: self.path / "report.md")
     plots_dir = property(lambda self: self.path / "plots")
 
-    @classmethod
-    def create(cls, path: Path) -> RunDir:
-        """A new, empty, writable run directory."""
+    @staticmethod
+    def check_can_create(path: Path) -> None:
+        """Fail before any heavy work if a new run directory cannot be made at `path`: it
+        must be absent or an empty folder, under a folder we can write in."""
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise BenchError(
                 f"{path} already exists and is not empty; choose another --out "
                 "or use --resume to finish that run"
             )
+        parent = path if path.exists() else path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise BenchError(f"cannot create the run directory {path}: {parent} is not a folder")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".bench-probe-", dir=parent))
+        except OSError as err:
+            raise BenchError(
+                f"cannot create the run directory {path}: {parent} is not writable ({err.strerror})"
+            ) from None
+
+    @classmethod
+    def create(cls, path: Path) -> RunDir:
+        """A new, empty, writable run directory."""
+        cls.check_can_create(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
         except OSError as err:
-            raise BenchError(f"cannot write the run directory {path}: {err.strerror}") from None
+            raise BenchError(f"cannot create the run directory {path}: {err.strerror}") from None
         return cls(path)
 
     @classmethod

@@ -9,11 +9,10 @@ finished turn is on disk before the next starts; Ctrl-C leaves a resumable direc
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from bench.config import RunConfig
 from bench.conversation import ChatFormat, load_tokenizer, turn_messages
-from bench.dataset import Question, load_questions
+from bench.dataset import Question, QuestionSet, load_questions
 from bench.engines import Engine, SamplingParams, create_engine, preflight_engine
 from bench.errors import BenchError
 from bench.metrics import Summary, summarize
@@ -40,6 +39,7 @@ from bench.rundir import (
     EngineRecord,
     Manifest,
     RunDir,
+    Status,
     default_run_id,
     git_state,
     host_info,
@@ -64,27 +64,6 @@ class RunOutcome:
     decoded_tokens: int
     """Output tokens of the turns this invocation decoded (a resume skips finished ones)."""
     wall_s: float
-
-
-def check_output_folder(path: Path) -> None:
-    """Fail before any heavy work if the run directory cannot be created here: try making
-    (and removing) a folder in the nearest existing parent."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise BenchError(
-            f"{path} already exists and is not empty; choose another --out "
-            "or use --resume to finish that run"
-        )
-    parent = path if path.exists() else path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise BenchError(f"cannot create the run directory {path}: {parent} is not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".bench-probe-", dir=parent))
-    except OSError as err:
-        raise BenchError(
-            f"cannot create the run directory {path}: {parent} is not writable ({err.strerror})"
-        ) from None
 
 
 def quiet_libraries() -> None:
@@ -169,6 +148,101 @@ def _load_reference(config: RunConfig) -> ReferenceTable | None:
     return load_reference(config.reference) if config.reference else None
 
 
+@dataclass
+class _Session:
+    """This invocation's run directory and manifest; the one place its status is written."""
+
+    run: RunDir
+    manifest: Manifest
+    started: float
+    previous_wall_s: float
+
+    def wall_s(self) -> float:
+        return self.previous_wall_s + time.perf_counter() - self.started
+
+    def record(self, status: Status, **update: object) -> None:
+        self.manifest = self.manifest.model_copy(update={"status": status, **update})
+        self.run.write_manifest(self.manifest)
+
+    @contextmanager
+    def failing_as_such(self) -> Iterator[None]:
+        """Whatever stops the run inside leaves the manifest saying so: Ctrl-C `interrupted`
+        (resumable), any error `failed`."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.record("interrupted", wall_s=self.wall_s())
+            raise RunInterrupted(
+                f"interrupted; finished turns are saved in {self.run.path}: "
+                f"python -m bench run --resume {self.run.path}"
+            ) from None
+        except Exception:
+            self.record("failed")
+            raise
+
+
+def _new_manifest(
+    run: RunDir,
+    config: RunConfig,
+    source: QuestionSet,
+    questions: Sequence[Question],
+    reference: ReferenceTable | None,
+    config_path: str | None,
+    command: Sequence[str],
+) -> Manifest:
+    return Manifest(
+        run_id=run.path.name,
+        config=config,
+        config_path=config_path,
+        command=list(command),
+        reference_table=reference,
+        dataset=DatasetInfo(
+            source=source.source,
+            sha256=source.sha256,
+            question_ids=[q.question_id for q in questions],
+        ),
+        started_at=now_iso(),
+    )
+
+
+def _template_info(config: RunConfig, chat: ChatFormat) -> ChatTemplateInfo:
+    return ChatTemplateInfo(
+        sha256=chat.template_sha256,
+        reasoning_effort=config.conversation.reasoning_effort,
+        reasoning_effort_used=chat.reasoning_effort_used,
+        turn2_history=config.conversation.turn2_history,
+        system_prompt=config.conversation.system_prompt,
+    )
+
+
+def _decode(
+    session: _Session,
+    engine: Engine,
+    chat: ChatFormat,
+    config: RunConfig,
+    questions: Sequence[Question],
+    quiet: bool,
+) -> tuple[dict[tuple[int, int], TurnRecord], float]:
+    """Every turn not yet finished, appended to records.jsonl; returns the turns finished
+    before this invocation and the seconds spent decoding."""
+    run = session.run
+    drop_torn_tail(run.records_path)
+    existing = read_records(run.records_path) if run.records_path.exists() else []
+    done = latest_by_turn(existing)
+    progress = tqdm(
+        total=2 * len(questions),
+        initial=sum(1 for r in done.values() if r.ok),
+        unit="turn",
+        desc="MT-Bench",
+        disable=quiet or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    with RecordWriter(run.records_path) as writer, progress:
+        asyncio.run(drive(engine, chat, config, questions, writer, done, progress))
+    return done, time.perf_counter() - started
+
+
 def execute(
     config: RunConfig | None,
     *,
@@ -180,20 +254,19 @@ def execute(
 ) -> RunOutcome:
     """Run (or resume) a benchmark and write its run directory."""
     started = time.perf_counter()
-    previous_wall = 0.0
+    manifest: Manifest | None = None
     if resume is not None:
         run = RunDir.open(resume)
         manifest = run.read_manifest()
         config = manifest.config
-        previous_wall = manifest.wall_s or 0.0
     else:
         assert config is not None
         run = RunDir(out or Path("results") / "runs" / default_run_id(config))
-        check_output_folder(run.path)
+        RunDir.check_can_create(run.path)
 
     preflight_engine(config)
     source, questions = load_questions(config.dataset)
-    if resume is not None and [q.question_id for q in questions] != manifest.dataset.question_ids:
+    if manifest is not None and [q.question_id for q in questions] != manifest.dataset.question_ids:
         raise BenchError(
             f"the questions now selected differ from those of {run.path}; "
             "the dataset changed since the run started"
@@ -202,101 +275,43 @@ def execute(
     if quiet or not sys.stderr.isatty():
         quiet_libraries()
     chat = ChatFormat(load_tokenizer(config.target), config.conversation)
-    template = ChatTemplateInfo(
-        sha256=chat.template_sha256,
-        reasoning_effort=config.conversation.reasoning_effort,
-        reasoning_effort_used=chat.reasoning_effort_used,
-        turn2_history=config.conversation.turn2_history,
-        system_prompt=config.conversation.system_prompt,
-    )
+    template = _template_info(config, chat)
     engine = create_engine(config, chat)
     try:
-        if resume is None:
+        if manifest is None:
             RunDir.create(run.path)
-            manifest = Manifest(
-                run_id=run.path.name,
-                config=config,
-                config_path=config_path,
-                command=list(command),
-                reference_table=reference,
-                dataset=DatasetInfo(
-                    source=source.source,
-                    sha256=source.sha256,
-                    question_ids=[q.question_id for q in questions],
-                ),
-                started_at=now_iso(),
+            manifest = _new_manifest(
+                run, config, source, questions, reference, config_path, command
             )
         elif manifest.chat_template and manifest.chat_template.sha256 != template.sha256:
             raise BenchError(f"the chat template changed since {run.path} started")
-        manifest = manifest.model_copy(
-            update={
-                "status": "running",
-                "chat_template": template,
-                "engine": EngineRecord(
-                    name=engine.info.name,
-                    version=engine.info.version,
-                    details=engine.info.details,
-                ),
-                "packages": package_versions(),
-                "git": git_state(),
-                "host": host_info(),
-            }
+        session = _Session(run, manifest, started, manifest.wall_s or 0.0)
+        session.record(
+            "running",
+            chat_template=template,
+            engine=EngineRecord(
+                name=engine.info.name, version=engine.info.version, details=engine.info.details
+            ),
+            packages=package_versions(),
+            git=git_state(),
+            host=host_info(),
         )
-        run.write_manifest(manifest)
-
-        drop_torn_tail(run.records_path)
-        existing = read_records(run.records_path) if run.records_path.exists() else []
-        done = latest_by_turn(existing)
-        finished = sum(1 for r in done.values() if r.ok)
-        progress = tqdm(
-            total=2 * len(questions),
-            initial=finished,
-            unit="turn",
-            desc="MT-Bench",
-            disable=quiet or not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
-        decode_started = time.perf_counter()
-        try:
-            with RecordWriter(run.records_path) as writer, progress:
-                asyncio.run(drive(engine, chat, config, questions, writer, done, progress))
-        except KeyboardInterrupt:
-            run.write_manifest(
-                manifest.model_copy(
-                    update={
-                        "status": "interrupted",
-                        "wall_s": previous_wall + time.perf_counter() - started,
-                    }
-                )
-            )
-            raise RunInterrupted(
-                f"interrupted; finished turns are saved in {run.path}: "
-                f"python -m bench run --resume {run.path}"
-            ) from None
-        except BenchError:
-            run.write_manifest(manifest.model_copy(update={"status": "failed"}))
-            raise
+        with session.failing_as_such():
+            done, decode_s = _decode(session, engine, chat, config, questions, quiet)
     finally:
         asyncio.run(engine.aclose())
-    decode_s = time.perf_counter() - decode_started
 
     records = read_records(run.records_path)
     summary = summarize(records, config.draft_len, [q.question_id for q in questions])
-    wall_s = previous_wall + time.perf_counter() - started
-    manifest = manifest.model_copy(
-        update={
-            "status": "complete" if summary.complete else "incomplete",
-            "finished_at": now_iso(),
-            "wall_s": wall_s,
-            "peak_rss_mb": peak_rss_mb(),
-        }
-    )
-    try:
-        write_results(run, summary, manifest, reference)
-    except Exception:
-        run.write_manifest(manifest.model_copy(update={"status": "failed"}))
-        raise
-    run.write_manifest(manifest)
+    final = {
+        "status": "complete" if summary.complete else "incomplete",
+        "finished_at": now_iso(),
+        "wall_s": session.wall_s(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    with session.failing_as_such():
+        write_results(run, summary, session.manifest.model_copy(update=final), reference)
+    session.record(**final)
     latest = {key: r for key, r in latest_by_turn(records).items() if r.ok}
     return RunOutcome(
         run=run,
@@ -306,7 +321,7 @@ def execute(
         decoded_tokens=sum(
             r.output_tokens for key, r in latest.items() if key not in done or not done[key].ok
         ),
-        wall_s=wall_s,
+        wall_s=session.manifest.wall_s or 0.0,
     )
 
 

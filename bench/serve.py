@@ -43,7 +43,7 @@ from bench.errors import BenchError
 from bench.records import Generation
 
 if TYPE_CHECKING:
-    from bench.engines.reference import IterationStats
+    from bench.engines.speculative import IterationStats
 
 
 class _Request(BaseModel):
@@ -103,7 +103,7 @@ class Service:
 
     def record_iteration(self, stats: IterationStats) -> None:
         """One `/metrics` entry per target forward, shaped like trtllm-serve's: the engine
-        calls this after each forward (`SpeculativeDecoder.on_iteration`)."""
+        calls this after each forward (`ReferenceEngine.on_iteration`)."""
         self._iteration += 1
         with_drafts = stats.rows_with_drafts
         self.iterations.append(
@@ -441,7 +441,7 @@ def build_service(config_path: str | None, draft_len: int | None) -> Service:
     service = Service(
         engine, chat, config.target.name, config.draft_len, set(engine.decoder.stop_token_ids)
     )
-    engine.decoder.on_iteration = service.record_iteration
+    engine.on_iteration = service.record_iteration
     return service
 
 

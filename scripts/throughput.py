@@ -30,7 +30,8 @@ from bench.config import DatasetConfig, load_config
 from bench.conversation import ChatFormat, load_tokenizer, turn_messages
 from bench.dataset import load_questions
 from bench.engines import SamplingParams
-from bench.engines.reference import ReferenceEngine, SpeculativeDecoder
+from bench.engines.reference import ReferenceEngine
+from bench.engines.speculative import SpeculativeDecoder
 
 
 def full_run(args: argparse.Namespace) -> None:
@@ -150,7 +151,8 @@ def main() -> None:
         elapsed_plain = time.perf_counter() - start
         plain = out[0, len(prompt) :].tolist()
         start = time.perf_counter()
-        tokens, steps, _, _ = one_row.generate(prompt, sampling)
+        turn = one_row.run_alone(prompt, sampling)
+        tokens, steps = turn.out, turn.steps
         elapsed_one = time.perf_counter() - start
         # Plain generate() runs on past a stop token only if the engine did not stop there.
         plain_s += elapsed_plain * len(tokens) / len(plain)

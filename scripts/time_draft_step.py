@@ -53,7 +53,7 @@ def main() -> None:
 
     if args.smollm2:
         from bench.config import load_config
-        from bench.engines.reference import load_target_model
+        from bench.target import load_target_model
 
         target = load_target_model(load_config(None), "cpu")
     else:

@@ -34,7 +34,7 @@ from bench.config import load_config  # noqa: E402
 from bench.conversation import load_tokenizer  # noqa: E402
 from bench.dataset import load_questions  # noqa: E402
 from bench.engines.drafters import cache_argument  # noqa: E402
-from bench.engines.reference import load_causal_lm  # noqa: E402
+from bench.target import load_causal_lm  # noqa: E402
 
 
 def quantize_lm_head_too(model):

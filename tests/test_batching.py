@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from bench.engines import SamplingParams  # noqa: E402
 from bench.engines.batching import BatchedLM  # noqa: E402
 from bench.engines.drafters import DraftRequest, Proposal, cache_argument  # noqa: E402
-from bench.engines.reference import SpeculativeDecoder  # noqa: E402
+from bench.engines.speculative import SpeculativeDecoder  # noqa: E402
 from tests.tiny_models import greedy, tiny_target  # noqa: E402
 
 STOP = 1  # the tiny target's eos
@@ -168,8 +168,8 @@ def test_rows_join_and_leave_without_draining_the_batch(target):
         decoder.step()
     calls = list(drafter.rows)
     for prompt, params, row in zip(PROMPTS, sampling, rows):
-        alone = SpeculativeDecoder(target, drafter, {STOP}, 1).generate(prompt, params)
-        assert (row.out, row.steps, row.drafted) == alone[:3]
+        alone = SpeculativeDecoder(target, drafter, {STOP}, 1).run_alone(prompt, params)
+        assert (row.out, row.steps, row.drafted) == (alone.out, alone.steps, alone.drafted)
         assert row.out == greedy(target, prompt, params.max_tokens)
     # Every step decoded two rows while turns were waiting: a leaver's slot was refilled
     # (prefilled) at the very next step, beside the row that went on.
@@ -289,9 +289,9 @@ def test_batched_engine_equals_the_one_row_engine(engine, default_config):
     step = decoder.step
 
     def traced_step():
-        finished = step()
+        result = step()
         occupancy.append(len(decoder.running))
-        return finished
+        return result
 
     decoder.step = traced_step
 
@@ -314,7 +314,7 @@ def test_batched_engine_equals_the_one_row_engine(engine, default_config):
     for turn, (q, got) in zip([1, 2] * 3, batched):
         history = None if turn == 1 else batched[batched.index((q, got)) - 1][1].text
         prompt = chat.prompt_ids(turn_messages(q, turn, default_config.conversation, history))
-        alone = reference.generate_sync(prompt, sampling)
+        alone = reference.generation(reference.decoder.run_alone(prompt, sampling))
         assert got.token_ids == alone.token_ids, (q.question_id, turn)
         assert got.steps == alone.steps and got.drafted == alone.drafted
 

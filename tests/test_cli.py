@@ -43,12 +43,21 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, fragment: str) -
         (["--questions", "no/such.jsonl"], "does not exist"),
         (["--limit", "0"], "dataset.limit"),
         (["--quantize", "int8-dynamic", "--engine", "openai"], "reference engine only"),
+        (
+            ["--reasoning-effort", "ultra"],
+            "conversation.reasoning_effort: Input should be 'low', 'medium' or 'high'",
+        ),
     ],
 )
 def test_bad_input_is_one_sentence_and_nonzero(tmp_path, args, fragment):
     result = bench("run", *args, "--out", str(tmp_path / "run"))
     assert_one_clear_error(result, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_refuses_a_port_out_of_range():
+    result = bench("serve", "--port", "99999")
+    assert_one_clear_error(result, "--port must be between 1 and 65535, got 99999")
 
 
 def test_malformed_question_file_names_line(tmp_path):
@@ -108,3 +117,21 @@ def test_run_then_report_on_the_real_embedded_model(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "summary.json").read_text()) == before
     assert (run / "report.md").read_text().count("| extraction |") >= 3
+
+
+def test_an_incomplete_run_exits_1_naming_the_resume_command(tmp_path, monkeypatch, capsys):
+    """Failed or missing turns are not unusable input (exit 2): the run is there, to finish."""
+    from bench import cli, runner
+    from bench.metrics import summarize
+    from bench.rundir import RunDir
+    from tests.test_metrics import WORKED
+
+    summary = summarize(WORKED, draft_len=3, expected_question_ids=[81, 82])
+    outcome = runner.RunOutcome(RunDir(tmp_path / "run"), summary, 12, 1.0, 12, 1.0)
+    monkeypatch.setattr(runner, "execute", lambda *args, **kwargs: outcome)
+    assert cli.main(["run", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: 0 turns failed and 2 are missing; finish them with: "
+        f"python -m bench run --resume {tmp_path / 'run'}"
+    )

@@ -73,6 +73,26 @@ def test_bad_config_is_one_clear_error(tmp_path, text, message):
         load_config(path)
 
 
+def test_an_unknown_field_is_named_before_the_problems_it_causes(tmp_path):
+    """A misspelt `name` is both an unknown field and a missing one: the unknown one first."""
+    path = tmp_path / "c.yaml"
+    path.write_text("nmae: x\ntarget: {name: t, hf_id: a/b}\n")
+    with pytest.raises(BenchError, match=r"nmae: Extra inputs are not permitted \(and 1 more"):
+        load_config(path)
+
+
+def test_reasoning_effort_takes_the_values_chat_templates_know(tmp_path):
+    assert load_config(None).conversation.reasoning_effort == "medium"
+    for effort in ("low", "medium", "high"):
+        config = load_config(None, {"conversation.reasoning_effort": effort})
+        assert config.conversation.reasoning_effort == effort
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: x\ntarget: {name: t, hf_id: a/b}\nconversation: {reasoning_effort: null}"
+    )
+    assert load_config(path).conversation.reasoning_effort is None  # nothing passed
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         load_config(tmp_path / "none.yaml")

@@ -20,7 +20,7 @@ from bench.engines.drafters import (
     check_same_vocabulary,
 )
 from bench.engines.eagle3 import load_eagle3
-from bench.engines.reference import SpeculativeDecoder
+from bench.engines.speculative import SpeculativeDecoder
 from bench.errors import BenchError
 from tests.tiny_models import (
     greedy,
@@ -51,8 +51,8 @@ def head(target, tmp_path_factory):
 def decode(target, drafter, prompt, k=3, max_tokens=24, temperature=0.0, seed=0):
     decoder = SpeculativeDecoder(target, drafter, {STOP})
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens, draft_len=k, seed=seed)
-    tokens, steps, drafted, _ = decoder.generate(prompt, params)
-    return tokens, steps, drafted
+    turn = decoder.run_alone(prompt, params)
+    return turn.out, turn.steps, turn.drafted
 
 
 def make_drafter(kind, target, head, slots=1):

@@ -1,6 +1,6 @@
-"""EAGLE-3 heads: every published layout loads, and the drafter's proposals equal the §8
-equations (REFERENCE.md) computed directly here, without a KV cache, from one plain target
-forward; mismatches with the target and unsupported heads are refused with clear messages."""
+"""EAGLE-3 heads: every published layout loads, and the drafter's proposals equal the head's
+equations (docs/engines.md, "EAGLE-3 heads") computed directly here, without a KV cache,
+from one plain target forward; mismatches with the target and unsupported heads are refused with clear messages."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from bench.config import TargetConfig
 from bench.engines.quantize import quantize_target
-from bench.engines.reference import load_causal_lm
 from bench.errors import BenchError
+from bench.target import load_causal_lm
 from tests.tiny_models import tiny_target
 
 DynamicLinear = torch.ao.nn.quantized.dynamic.Linear

@@ -84,6 +84,11 @@ def prompts(default_config, engine):
     return [chat.prompt_ids(turn_messages(q, 1, default_config.conversation)) for q in questions]
 
 
+def decode_alone(reference, prompt, sampling, on_step=None):
+    """One turn through the engine's decoder on its own, as the engine records it."""
+    return reference.generation(reference.decoder.run_alone(prompt, sampling, on_step))
+
+
 @pytest.mark.slow
 def test_lossless_against_plain_greedy_generate(engine, prompts):
     reference, _ = engine
@@ -91,7 +96,7 @@ def test_lossless_against_plain_greedy_generate(engine, prompts):
     for prompt in prompts:
         plain = model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)
         expected = plain[0, len(prompt) :].tolist()
-        got = reference.generate_sync(prompt, SamplingParams(0.0, 64, 3))
+        got = decode_alone(reference, prompt, SamplingParams(0.0, 64, 3))
         assert got.token_ids == expected
         assert sum(got.steps) == len(got.token_ids)
 
@@ -102,8 +107,8 @@ def test_step_invariants(engine, prompts, temperature):
     reference, _ = engine
     k = 3
     seen: list[list[int]] = []
-    got = reference.generate_sync(
-        prompts[2], SamplingParams(temperature, 48, k, seed=3), seen.append
+    got = decode_alone(
+        reference, prompts[2], SamplingParams(temperature, 48, k, seed=3), seen.append
     )
     assert got.steps[0] == 1 and got.prefill_step and got.drafted[0] == 0
     assert all(1 <= e <= k + 1 for e in got.steps)
@@ -113,5 +118,5 @@ def test_step_invariants(engine, prompts, temperature):
     assert [len(s) for s in seen] == got.steps  # streamed once per step
     assert got.finish_reason in ("stop", "length")
     if temperature > 0:  # seeded sampling is reproducible
-        again = reference.generate_sync(prompts[2], SamplingParams(temperature, 48, k, seed=3))
+        again = decode_alone(reference, prompts[2], SamplingParams(temperature, 48, k, seed=3))
         assert again.token_ids == got.token_ids

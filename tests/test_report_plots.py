@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.metrics import summarize
-from bench.report import render_plots
+from bench.report import render_plots, render_report
 from tests.test_metrics import WORKED
 
 
@@ -17,3 +17,18 @@ def test_category_bars_survive_an_interval_rounded_past_the_value(tmp_path):
     summary = summary.model_copy(update={"categories": {"writing": rounded}})
     written = render_plots(summary, None, tmp_path)
     assert (tmp_path / "categories.png") in written
+
+
+def test_report_links_only_the_charts_that_were_written(tmp_path):
+    summary = summarize(WORKED, draft_len=3)
+    written = render_plots(summary, None, tmp_path / "all")
+    report = render_report(summary, plots=written)
+    for name in ("categories.png", "histogram.png", "positions.png"):
+        assert f"(plots/{name})" in report
+    # With no overall figure, only the per-category chart is drawn, and only it is linked.
+    no_overall = summary.model_copy(update={"overall": None})
+    written = render_plots(no_overall, None, tmp_path / "some")
+    assert [p.name for p in written] == ["categories.png"]
+    report = render_report(no_overall, plots=written)
+    assert "(plots/categories.png)" in report
+    assert "histogram.png" not in report and "positions.png" not in report

@@ -22,7 +22,7 @@ import torch
 
 from bench.engines import SamplingParams
 from bench.engines.drafters import DraftInputs, DraftModelDrafter, Proposal
-from bench.engines.reference import SpeculativeDecoder
+from bench.engines.speculative import SpeculativeDecoder
 from tests.tiny_models import tiny_target
 
 V, T = 8, 0.8
@@ -89,7 +89,8 @@ def sample_pairs(target, drafter, n: int) -> tuple[torch.Tensor, float]:
     accepted = 0
     for seed in range(n):
         params = SamplingParams(temperature=T, max_tokens=4, draft_len=3, seed=seed)
-        tokens, steps, drafted, _ = decoder.generate(PROMPT, params)
+        turn = decoder.run_alone(PROMPT, params)
+        tokens, steps = turn.out, turn.steps
         counts[tokens[1], tokens[2]] += 1
         accepted += steps[1] - 1
     return counts, accepted / n

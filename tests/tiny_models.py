@@ -1,6 +1,6 @@
 """Tiny targets and EAGLE-3 heads for the drafter tests, built from configs with fixed seeds
 (no trained head can be downloaded here), and the published checkpoint layouts to save
-heads in (REFERENCE.md §8)."""
+heads in (docs/engines.md, "EAGLE-3 heads")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A stand-in with the shape of TensorRT-LLM's LLM API (REFERENCE.md §3), since the real
-package cannot be installed here: `generate_async(prompt, sampling_params, streaming=True)`
+"""A stand-in with the shape of TensorRT-LLM's LLM API (docs/engines.md, "trtllm"), since
+the real package cannot be installed here: `generate_async(prompt, sampling_params, streaming=True)`
 yields RequestOutput-like updates whose `outputs[0].token_ids` grow by one iteration's
 tokens, with `decoding_iter` and `avg_decoded_tokens_per_iter`; `get_stats(timeout)`
 returns iteration statistics as JSON strings; and an `llmapi` module with the EAGLE

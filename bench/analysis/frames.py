@@ -36,13 +36,13 @@ from bench.metrics import (
 from bench.records import TurnRecord, latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
 from bench.rundir import Manifest, RunDir
+from bench.tables import OVERALL, lookup
 
 RUN_DIRS_ENV = "BENCH_RUN_DIRS"
 """Run directories for the notebook, separated by os.pathsep (':' on Linux)."""
 DEFAULT_RESULTS = REPO_ROOT / "results"
 ALL = "all"
 """The `turn` value of rows that pool both turns; `category` "overall" is every question."""
-OVERALL = "overall"
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -474,7 +474,7 @@ def card_table(run: Run, reference: ReferenceTable | None = None) -> pd.DataFram
             "n_questions": group.n_questions,
         }
         if reference is not None:
-            ref = reference.overall if category == OVERALL else reference.categories.get(category)
+            ref = lookup(reference, category)
             mine = group.acceptance_length
             row["reference"] = ref
             row["delta"] = None if ref is None or mine is None else mine - ref

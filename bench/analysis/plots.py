@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.analysis.frames import ALL, OVERALL
+from bench.analysis.frames import ALL
 from bench.references import ReferenceTable
+from bench.tables import OVERALL, lookup
 
 
 def _error_bars(mid: np.ndarray, low: pd.Series, high: pd.Series) -> list[np.ndarray]:
@@ -74,7 +75,7 @@ def plot_categories(categories: pd.DataFrame, reference: ReferenceTable | None =
     ]
     _grouped_bars(ax, names, series)
     if reference is not None:
-        values = [reference.overall if c == OVERALL else reference.categories.get(c) for c in names]
+        values = [lookup(reference, c) for c in names]
         xs = [i for i, v in enumerate(values) if v is not None]
         ax.scatter(
             xs, [values[i] for i in xs], marker="D", color="black", zorder=3, label=reference.name

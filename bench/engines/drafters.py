@@ -445,7 +445,7 @@ def build_drafter(
         return Eagle3Drafter(head, target.get_input_embeddings(), batch_size), info
     assert isinstance(config, DraftModelDrafterConfig)
     from bench.conversation import load_tokenizer
-    from bench.engines.reference import load_causal_lm
+    from bench.target import load_causal_lm
 
     as_target = draft_model_target(config)
     check_same_vocabulary(load_tokenizer(as_target), target_tokenizer, as_target.name)

@@ -1,7 +1,7 @@
 """EAGLE-3 draft heads (Llama-style) for the reference engine: the model, the loader, the
 checks against the target.
 
-The facts implemented here are REFERENCE.md §8: one decoder layer whose attention takes
+The architecture (docs/engines.md, "EAGLE-3 heads"): one decoder layer whose attention takes
 `cat(input_layernorm(embed(token)), hidden_norm(f))`, where `f` is `fc` of the target's
 captured hidden states on a context row and the head's own previous output `g` on a draft
 row; logits over a reduced draft vocabulary mapped to target ids by `d2t`. Checkpoints come
@@ -154,8 +154,7 @@ def refuse_unsupported(config: dict[str, Any], weight_names: Any, source: str) -
         raise BenchError(
             f"{source} is a DeepSeek-V3-style EAGLE-3 head (MLA attention; architectures "
             f"{archs or '?'}, model_type {model_type or '?'}), like NVIDIA's Kimi-K2 heads; "
-            "the reference engine runs only Llama-style heads (REFERENCE.md §8): measure it on "
-            "the trtllm engine"
+            "the reference engine runs only Llama-style heads: measure it on the trtllm engine"
         )
     if archs and not set(archs) & LLAMA_STYLE:
         raise BenchError(
