@@ -196,6 +196,10 @@ class LaunchConfig(Frozen):
 
     command: list[str] = Field(min_length=1)
     """The server command, e.g. ["trtllm-serve", "<model>", "--port", "{port}", ...]."""
+    speculative_args: list[str] = Field(default_factory=list)
+    """Arguments that turn speculation on, appended to `command` only when the draft
+    length is above 0 (`--draft-len 0` starts the same server without them); the place
+    for `{draft_len}`."""
     extra_llm_api_options: str | dict[str, Any] | None = None
     """trtllm-serve's extra-llm-api YAML, as a path or inline; the harness writes a copy
     with `speculative_config.max_draft_len` set to the run's draft length."""
@@ -305,8 +309,10 @@ class RunConfig(Frozen):
     description: str = ""
     target: TargetConfig
     engine: EngineConfig = ReferenceEngineConfig()
-    draft_len: int = Field(3, ge=1)
-    """Draft tokens verified per step (k); a step emits at most k + 1 tokens."""
+    draft_len: int = Field(3, ge=0)
+    """Draft tokens verified per step (k); a step emits at most k + 1 tokens. 0 is
+    speculation off: the same engine decoding one token per step, the baseline of every
+    speed comparison (its AL is exactly 1)."""
     sampling: SamplingConfig = SamplingConfig()
     conversation: ConversationConfig = ConversationConfig()
     dataset: DatasetConfig = DatasetConfig()

@@ -519,7 +519,7 @@ def sanity_signals(
                 "questions are left out of every average",
             )
         )
-    if overall is not None and overall.decode_steps:
+    if overall is not None and overall.decode_steps and draft_len > 0:
         prefill = overall.steps - overall.decode_steps
         decode_al = (overall.output_tokens - prefill) / overall.decode_steps
         if decode_al < 1.01:

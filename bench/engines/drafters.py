@@ -423,6 +423,22 @@ def check_same_vocabulary(draft_tokenizer: Any, target_tokenizer: Any, name: str
     )
 
 
+class NoDrafter:
+    """Speculation off (`--draft-len 0`): proposes nothing and computes nothing, so the
+    decoder verifies only its own next token each step, through the same loop."""
+
+    captured_layers: tuple[int, ...] = ()
+
+    def propose_batch(self, requests: list[DraftRequest]) -> list[Proposal]:
+        return [Proposal([]) for _ in requests]
+
+    def accept_batch(self, accepted: dict[int, int]) -> None:
+        pass
+
+    def release(self, slot: int) -> None:
+        pass
+
+
 def build_drafter(
     config: DrafterConfig,
     target: Any = None,

@@ -58,10 +58,42 @@ def extra_llm_api_options(launch: LaunchConfig, draft_len: int) -> dict[str, Any
     if not isinstance(data, dict):
         raise BenchError("launch.extra_llm_api_options must hold a mapping of LLM API options")
     spec = data.get("speculative_config")
-    if isinstance(spec, dict):
+    if draft_len == 0:  # speculation off: the same server, no speculative_config
+        data.pop("speculative_config", None)
+    elif isinstance(spec, dict):
         spec["max_draft_len"] = draft_len
     data["stream_interval"] = 1
     return data
+
+
+def check_draft_len_reaches(launch: LaunchConfig, draft_len: int) -> None:
+    """The run's draft length must reach the server: through a placeholder in the
+    speculation arguments (or the command), or the extra-llm-api YAML's
+    speculative_config. At --draft-len 0 the server must start without speculation, so
+    the command itself may not carry the draft length."""
+
+    def uses_draft_len(args: list[str]) -> bool:
+        return any(p in " ".join(args) for p in _DRAFT_PLACEHOLDERS)
+
+    source = launch.extra_llm_api_options
+    options = extra_llm_api_options(launch, max(draft_len, 1)) if source is not None else None
+    via_options = isinstance((options or {}).get("speculative_config"), dict) and (
+        "{extra_llm_api_options}" in " ".join(launch.command)
+    )
+    if draft_len == 0:
+        if uses_draft_len(launch.command):
+            raise BenchError(
+                "--draft-len 0 starts the server without speculation, but launch.command "
+                "carries the draft length; move the speculation arguments to "
+                "launch.speculative_args (added only when the draft length is above 0)"
+            )
+        return
+    if not (uses_draft_len(launch.command + launch.speculative_args) or via_options):
+        raise BenchError(
+            "launch.command never receives the draft length: use {draft_len} (or "
+            "{draft_len_plus_1}) in launch.speculative_args, or pass {extra_llm_api_options} "
+            "with a speculative_config, so that --draft-len reaches the server"
+        )
 
 
 def build_command(
@@ -85,19 +117,9 @@ def build_command(
     }
     if options_path is not None:
         values["{extra_llm_api_options}"] = str(options_path)
-    joined = " ".join(launch.command)
-    spec = (extra_llm_api_options(launch, draft_len) or {}).get("speculative_config")
-    reaches = any(p in joined for p in _DRAFT_PLACEHOLDERS) or (
-        isinstance(spec, dict) and "{extra_llm_api_options}" in joined
-    )
-    if not reaches:
-        raise BenchError(
-            "launch.command never receives the draft length: use {draft_len} (or "
-            "{draft_len_plus_1}) in it, or pass {extra_llm_api_options} with a "
-            "speculative_config, so that --draft-len reaches the server"
-        )
+    check_draft_len_reaches(launch, draft_len)
     argv = []
-    for arg in launch.command:
+    for arg in [*launch.command, *(launch.speculative_args if draft_len > 0 else [])]:
         for key, value in values.items():
             arg = arg.replace(key, value)
         if "{extra_llm_api_options}" in arg:

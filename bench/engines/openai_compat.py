@@ -632,7 +632,8 @@ class OpenAIEngine:
 
 def target_file(config: RunConfig) -> str:
     """The target as a launched server loads it: its verified local file, else its id."""
-    if "{target_file}" not in " ".join(config.engine.launch.command):
+    launch = config.engine.launch
+    if "{target_file}" not in " ".join(launch.command + launch.speculative_args):
         return ""
     from bench.target import resolve_target
 

@@ -18,7 +18,7 @@ from bench import __version__
 from bench.config import RunConfig
 from bench.conversation import ChatFormat, Message
 from bench.engines import EngineInfo, EngineTotals, Generation, SamplingParams, reconcile
-from bench.engines.drafters import build_drafter
+from bench.engines.drafters import NoDrafter, build_drafter
 from bench.engines.speculative import IterationStats, SpeculativeDecoder, TurnInFlight, verify
 from bench.errors import BenchError
 from bench.target import load_target_model, pick_device
@@ -63,9 +63,12 @@ class ReferenceEngine:
         if not stop:
             raise BenchError(f"{config.target.name} declares no end-of-sequence token")
         self.batch_size = engine.batch_size or default_batch_size(device)
-        drafter, drafter_info = build_drafter(
-            engine.drafter, self.model, chat_format.tokenizer, device, self.batch_size
-        )
+        if config.draft_len == 0:  # speculation off: no drafter is even loaded
+            drafter, drafter_info = NoDrafter(), {"kind": "none"}
+        else:
+            drafter, drafter_info = build_drafter(
+                engine.drafter, self.model, chat_format.tokenizer, device, self.batch_size
+            )
         self.decoder = SpeculativeDecoder(self.model, drafter, stop, self.batch_size)
         self._futures: dict[TurnInFlight, asyncio.Future[Generation]] = {}
         self.on_iteration: Callable[[IterationStats], None] | None = None

@@ -77,15 +77,16 @@ def llm_kwargs(config: RunConfig, llmapi: Any) -> dict[str, Any]:
     target = config.target
     if target.path is None and target.hf_id is None:
         raise BenchError("the trtllm engine needs target.path or target.hf_id")
-    if engine.speculative_model_dir is None:
+    if engine.speculative_model_dir is None and config.draft_len > 0:
         raise BenchError("the trtllm engine needs engine.speculative_model_dir (the EAGLE-3 head)")
     kwargs: dict[str, Any] = {
         "model": target.path or target.hf_id,
         "trust_remote_code": target.trust_remote_code,
         "tensor_parallel_size": engine.tensor_parallel_size,
-        "speculative_config": speculative_config(llmapi, engine, config.draft_len),
         "enable_iter_perf_stats": engine.enable_iter_perf_stats,
     }
+    if config.draft_len > 0:  # --draft-len 0: the same target without speculation
+        kwargs["speculative_config"] = speculative_config(llmapi, engine, config.draft_len)
     if target.tokenizer:
         kwargs["tokenizer"] = target.tokenizer
     if target.revision:
