@@ -64,8 +64,18 @@ RUN_OVERRIDES: dict[str, str] = {
 
 def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run MT-Bench through an engine into a run directory")
+    p.add_argument("--draft-len", type=int, help="draft tokens per step (k); 0: speculation off")
+    p.add_argument("--concurrency", type=int, help="questions in flight")
+    _add_run_settings(p)
+    p.add_argument("--out", type=Path, help="run directory (default results/runs/<run-id>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_run_settings(p: Any) -> None:
+    """The flags that choose what runs, shared by `run` and `sweep`."""
     p.add_argument("--config", help="YAML config (default: configs/smollm2-135m-cpu.yaml)")
-    p.add_argument("--draft-len", type=int, help="draft tokens per step (k)")
     p.add_argument(
         "--engine",
         choices=["reference", "openai", "trtllm"],
@@ -98,7 +108,6 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument(
         "--reference", help="published table to compare with (configs/references/*.yaml)"
     )
-    p.add_argument("--concurrency", type=int, help="questions in flight")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -109,10 +118,6 @@ def add_run_parser(sub: Any) -> None:
         choices=["none", "int8-dynamic"],
         help="reference engine on the CPU: int8 dynamic quantisation of the target's Linear layers",
     )
-    p.add_argument("--out", type=Path, help="run directory (default results/runs/<run-id>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -157,6 +162,51 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{len(summary.failed)} turns failed and {len(summary.missing)} are missing; "
             f"finish them with: python -m bench run --resume {outcome.run.path}"
         )
+    return 0
+
+
+def add_sweep_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="runs over draft lengths x concurrency; which draft length is fastest at each load",
+    )
+    p.add_argument(
+        "--draft-len",
+        type=_int_list,
+        required=True,
+        help="draft lengths, e.g. 0,1,2,3,4 (0: speculation off, the speedups' baseline)",
+    )
+    p.add_argument("--concurrency", type=_int_list, default=[1], help="e.g. 1,16 (default 1)")
+    _add_run_settings(p)
+    p.add_argument("--out", type=Path, required=True, help="sweep folder (rerun to resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.config import load_config
+    from bench.sweep import check_grid, run_sweep
+
+    check_grid(args.draft_len, args.concurrency)
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in RUN_OVERRIDES.items()
+        if flag not in ("draft_len", "concurrency", "batch_size")
+    }
+    if args.batch_size is not None:
+        raise BenchError("bench sweep sets the batch size from --concurrency; drop --batch-size")
+    base = load_config(args.config, overrides)
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[sweep] {message}", file=sys.stderr, flush=True)
+
+    result = run_sweep(base, args.draft_len, args.concurrency, args.out, args.quiet, progress)
+    for recommendation in result.recommendations:
+        print(recommendation.message)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"sweep folder: {args.out} (sweep.json, report.md, plots/)")
     return 0
 
 
@@ -285,6 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # Subcommands: name -> function adding its parser. New commands add one line here.
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "run": add_run_parser,
+    "sweep": add_sweep_parser,
     "report": add_report_parser,
     "compare": add_compare_parser,
     "dashboard": add_dashboard_parser,

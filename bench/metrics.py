@@ -81,6 +81,20 @@ def conditional_acceptance(hist: Sequence[int]) -> list[float | None]:
     return rates
 
 
+def predicted_decode_acceptance_length(
+    joint: Sequence[float | None], draft_len: int
+) -> float | None:
+    """Decode AL a run at a larger draft length predicts for `draft_len`: 1 + Σ_{j ≤ k}
+    joint acceptance at position j. With greedy chain drafting the drafts at positions
+    1..j do not depend on k, so a step that accepted its first j drafts at the larger k
+    would have accepted min(j, k) of them; the prediction assumes acceptance does not
+    depend on where in the answer a step starts (the larger-k run starts its steps
+    elsewhere)."""
+    if draft_len > len(joint) or any(v is None for v in joint[:draft_len]):
+        return None
+    return 1.0 + sum(v for v in joint[:draft_len] if v is not None)
+
+
 def draft_acceptance_rate(decode_steps: Sequence[int], draft_len: int) -> float | None:
     """Σ (e - 1) / (k × decode steps): accepted drafts over k proposed per decode step."""
     if not decode_steps or draft_len < 1:

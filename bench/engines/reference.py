@@ -10,9 +10,11 @@ the target, token for token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from bench import __version__
 from bench.config import RunConfig
@@ -29,6 +31,31 @@ except ImportError:  # the registry imports this module only when the engine is 
     torch = None  # type: ignore[assignment]
 
 __all__ = ["IterationStats", "ReferenceEngine", "SpeculativeDecoder", "verify"]
+
+
+_shared_models: dict[str, Any] | None = None
+
+
+@contextlib.contextmanager
+def sharing_loaded_models() -> Iterator[None]:
+    """Within this block, engines on the same target (same file, device, dtype and
+    quantisation) share one loaded model instead of loading it again: the cells of a sweep.
+    The model is only read (inference mode), so sharing changes nothing measured."""
+    global _shared_models
+    previous, _shared_models = _shared_models, {}
+    try:
+        yield
+    finally:
+        _shared_models = previous
+
+
+def _target_model(config: RunConfig, device: str) -> Any:
+    if _shared_models is None:
+        return load_target_model(config, device)
+    key = f"{device}|{config.target.model_dump_json()}"
+    if key not in _shared_models:
+        _shared_models[key] = load_target_model(config, device)
+    return _shared_models[key]
 
 
 def default_batch_size(device: str) -> int:
@@ -55,7 +82,7 @@ class ReferenceEngine:
         device = pick_device(engine.device)
         if device == "cpu":
             torch.set_num_threads(engine.threads or os.cpu_count() or 1)
-        self.model = load_target_model(config, device)
+        self.model = _target_model(config, device)
         self.chat_format = chat_format
         stop = set(chat_format.stop_token_ids)
         eos = getattr(self.model.generation_config, "eos_token_id", None)

@@ -1,0 +1,117 @@
+"""`bench sweep`: the grid's bad input in one sentence, resuming, a folder of another
+sweep refused, lossless cells, the recommendation's arithmetic, and the prediction of
+smaller draft lengths from a larger one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.config import load_config
+from bench.errors import BenchError
+from bench.sweep import Cell, check_grid, recommend, run_sweep
+
+
+@pytest.mark.parametrize(
+    "draft_lens, concurrencies, message",
+    [
+        ([0, 1, -2], [1], "draft lengths must be 0 or more"),
+        ([0, 1, 1], [1], "lists a draft length twice"),
+        ([0, 2], [0], "concurrency must be 1 or more"),
+        ([0, 2], [4, 4], "--concurrency lists a value twice"),
+    ],
+)
+def test_bad_grids_get_one_sentence(draft_lens, concurrencies, message):
+    with pytest.raises(BenchError, match=message):
+        check_grid(draft_lens, concurrencies)
+
+
+def test_bad_grid_on_the_command_line(tmp_path, capsys):
+    code = main(["sweep", "--draft-len", "0,2,2", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: --draft-len lists a draft length twice: [0, 2, 2]"
+    assert not (tmp_path / "s").exists()
+
+
+def cell(k: int, speedup: float | None, ci=None) -> Cell:
+    return Cell(
+        draft_len=k,
+        concurrency=1,
+        run=f"cells/k{k}-c1",
+        status="complete",
+        acceptance_length=None,
+        acceptance_length_ci95=None,
+        decode_acceptance_length=None,
+        tokens_per_s=None,
+        tokens_per_s_ci95=None,
+        aggregate_tokens_per_s=None,
+        tpot_s=None,
+        ttft_s=None,
+        speedup=speedup,
+        speedup_ci95=ci,
+    )
+
+
+def test_recommendation_names_the_fastest_its_margin_and_whether_intervals_separate():
+    cells = [
+        cell(0, None),
+        cell(1, 1.20, (1.10, 1.30)),
+        cell(2, 1.50, (1.40, 1.60)),
+        cell(3, 1.45, (1.30, 1.55)),
+    ]
+    r = recommend(1, cells)
+    assert (r.draft_len, r.runner_up) == (2, 3) and r.margin == pytest.approx(0.05)
+    assert r.separated is False and r.beats_speculation_off
+    assert "draft length 2" in r.message and "overlap" in r.message
+
+
+def test_recommendation_says_when_nothing_beats_speculation_off():
+    r = recommend(16, [cell(0, None), cell(1, 0.9, (0.8, 0.95)), cell(2, 0.7, (0.6, 0.8))])
+    assert r.draft_len == 0 and r.beats_speculation_off is False and r.runner_up == 1
+    assert "no draft length beats speculation off" in r.message
+
+
+@pytest.mark.slow
+def test_sweep_runs_resumes_refuses_other_settings_and_every_cell_is_lossless(tmp_path):
+    base = load_config(None, {"dataset.question_ids": [81, 131], "sampling.max_tokens": 24})
+    out = tmp_path / "sweep"
+    result = run_sweep(base, [0, 2], [1, 2], out, quiet=True)
+    assert [(c.draft_len, c.concurrency) for c in result.cells] == [
+        (0, 1),
+        (2, 1),
+        (0, 2),
+        (2, 2),
+    ]
+    assert all(c.status == "complete" for c in result.cells)
+    zero = [c for c in result.cells if c.draft_len == 0]
+    assert all(c.acceptance_length == 1.0 for c in zero)
+    assert all(c.speedup is not None for c in result.cells if c.draft_len == 2)
+    saved = json.loads((out / "sweep.json").read_text())
+    assert len(saved["cells"]) == 4 and len(saved["recommendations"]) == 2
+    assert (out / "report.md").read_text().startswith("# Draft-length sweep")
+    assert (out / "plots" / "speedup.png").exists()
+
+    tokens = {}
+    for c in result.cells:  # temperature 0: every cell gives the same tokens
+        for line in (out / c.run / "records.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            tokens.setdefault((r["question_id"], r["turn"]), set()).add(tuple(r["token_ids"]))
+    assert all(len(v) == 1 for v in tokens.values())
+
+    # A rerun skips the finished cells; an interrupted cell is resumed, alone.
+    records = out / "cells" / "k2-c2" / "records.jsonl"
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join(lines[:1]) + "\n")
+    manifest = out / "cells" / "k2-c2" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "status": "interrupted"}))
+    before = {c.run: (out / c.run / "records.jsonl").stat().st_mtime_ns for c in result.cells}
+    again = run_sweep(base, [0, 2], [1, 2], out, quiet=True)
+    after = {c.run: (out / c.run / "records.jsonl").stat().st_mtime_ns for c in again.cells}
+    changed = [run for run in before if before[run] != after[run]]
+    assert changed == ["cells/k2-c2"] and all(c.status == "complete" for c in again.cells)
+
+    with pytest.raises(BenchError, match="holds another sweep's settings"):
+        run_sweep(base, [0, 3], [1, 2], out, quiet=True)
