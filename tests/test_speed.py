@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+import bench.runner as runner
+from bench.config import load_config
 from bench.metrics import summarize
 from bench.speed import (
     AggregateSpeed,
@@ -19,7 +21,8 @@ from bench.speed import (
     throughput_speedup,
     time_per_output_token_s,
 )
-from tests.conftest import records_for, turn
+from tests.conftest import records_for, turn, write_questions
+from tests.test_runner import ScriptedEngine
 
 
 def test_turn_formulas_by_hand():
@@ -142,3 +145,62 @@ def test_turn_with_one_token_has_no_tpot_but_keeps_tokens_per_s():
     assert block.tpot_s.mean is None and block.mean_step_s.mean is None
     assert block.tokens_per_s.mean == pytest.approx(5.0)
     assert speed.overall.tpot_s.mean == pytest.approx(0.2 / 2)
+
+
+# --- a run through the scripted engine: the manifest's timing and the aggregate ----------
+
+
+class TimedEngine(ScriptedEngine):
+    """test_runner's scripted engine, timing its first token as a real engine does."""
+
+    async def generate(self, prompt_ids, sampling, messages=None):
+        generation = await super().generate(prompt_ids, sampling, messages)
+        return generation.model_copy(update={"ttft_s": 0.002})
+
+
+@pytest.fixture
+def timed_engine(monkeypatch, smol_tokenizer):
+    options: dict = {}
+    monkeypatch.setattr(
+        runner, "create_engine", lambda config, chat: TimedEngine(smol_tokenizer, **options)
+    )
+    monkeypatch.setattr(runner, "load_tokenizer", lambda target: smol_tokenizer)
+    return options
+
+
+@pytest.fixture
+def config(tmp_path):
+    questions = write_questions(tmp_path / "q.jsonl", 2)
+    return load_config(None, {"dataset.questions": str(questions), "dataset.limit": 3})
+
+
+def test_run_records_what_affects_timing_and_its_aggregate(timed_engine, config, tmp_path):
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    manifest = outcome.run.read_manifest()
+    timing = manifest.timing
+    assert (timing.concurrency, timing.batch_size, timing.in_flight) == (1, 1, 1)
+    (session,) = timing.sessions
+    assert session.load_start.cpu_count and session.load_end is not None
+    assert session.decode_s == outcome.decode_s
+    assert session.decoded_tokens == outcome.decoded_tokens == outcome.output_tokens
+    aggregate = outcome.summary.speed.aggregate
+    assert aggregate.tokens_per_s == pytest.approx(outcome.output_tokens / outcome.decode_s)
+    assert aggregate.concurrency == 1 and aggregate.sessions == 1
+    assert outcome.summary.speed.timed_questions == 3
+    # The run directory alone gives the same figures again.
+    assert runner.rebuild_report(outcome.run.path).speed == outcome.summary.speed
+
+
+def test_resume_adds_a_session_and_pools_the_finished_ones(timed_engine, config, tmp_path):
+    options = timed_engine
+    options["interrupt_on"] = 3
+    with pytest.raises(runner.RunInterrupted):
+        runner.execute(config, out=tmp_path / "run", quiet=True)
+    options["interrupt_on"] = None
+    resumed = runner.execute(None, resume=tmp_path / "run", quiet=True)
+    sessions = resumed.run.read_manifest().timing.sessions
+    assert len(sessions) == 2
+    assert sessions[0].decode_s is None  # interrupted: its turns are not in the aggregate
+    aggregate = resumed.summary.speed.aggregate
+    assert aggregate.sessions == 1 and aggregate.output_tokens == sessions[1].decoded_tokens
+    assert aggregate.output_tokens < resumed.output_tokens
