@@ -531,7 +531,9 @@ def sanity_signals(
                 "questions are left out of every average",
             )
         )
-    if overall is not None and overall.decode_steps:
+    # A speculation-off run (draft length 0, the speed baseline) emits one token per step
+    # by design: neither check below applies to it.
+    if draft_len >= 1 and overall is not None and overall.decode_steps:
         prefill = overall.steps - overall.decode_steps
         decode_al = (overall.output_tokens - prefill) / overall.decode_steps
         if decode_al < 1.01:

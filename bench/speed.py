@@ -309,3 +309,74 @@ def throughput_speedup(base: AggregateSpeed | None, other: AggregateSpeed | None
     if base is None or other is None or not base.tokens_per_s or other.tokens_per_s is None:
         return None
     return other.tokens_per_s / base.tokens_per_s
+
+
+class SpeedRow(BaseModel):
+    """Two runs' speed for one category (or overall): each side's figures (its own timed
+    questions) and the paired ratios over the questions both timed."""
+
+    name: str
+    baseline_tokens_per_s: float | None
+    candidate_tokens_per_s: float | None
+    speedup: float | None
+    """Latency speedup: candidate ÷ baseline mean question tokens/s, shared questions."""
+    speedup_ci95: tuple[float, float] | None
+    shared_questions: int
+    baseline_tpot_s: float | None
+    candidate_tpot_s: float | None
+    tpot_ratio: float | None
+    """Baseline ÷ candidate mean question TPOT over the shared questions (above 1: the
+    candidate's tokens come faster)."""
+    tpot_ratio_ci95: tuple[float, float] | None
+    baseline_ttft_s: float | None
+    candidate_ttft_s: float | None
+
+
+def speed_rows(
+    base: SpeedSummary, other: SpeedSummary, categories: Sequence[str]
+) -> list[SpeedRow]:
+    """Per category in `categories` that either run timed, then overall: both runs' figures
+    and the paired latency speedup and TPOT ratio (strata: categories, for overall)."""
+    base_q = {q.question_id: q for q in base.questions}
+    other_q = {q.question_id: q for q in other.questions}
+    strata = {q.question_id: q.category for q in base.questions}
+
+    def per_question(questions: dict[int, QuestionSpeed], name: str, attr: str) -> dict[int, float]:
+        return {
+            qid: value
+            for qid, q in questions.items()
+            if (name == "overall" or q.category == name) and (value := getattr(q, attr)) is not None
+        }
+
+    def mean(summary: SpeedSummary, name: str, attr: str) -> float | None:
+        group = summary.overall if name == "overall" else summary.categories.get(name)
+        return getattr(group, attr).mean if group is not None else None
+
+    rows = []
+    names = [c for c in categories if c in base.categories or c in other.categories]
+    for name in [*names, "overall"]:
+        latency = speedup(
+            per_question(base_q, name, "tokens_per_s"),
+            per_question(other_q, name, "tokens_per_s"),
+            strata,
+        )
+        tpot = speedup(  # swapped: a time, so that above 1 means the candidate is faster
+            per_question(other_q, name, "tpot_s"), per_question(base_q, name, "tpot_s"), strata
+        )
+        rows.append(
+            SpeedRow(
+                name=name,
+                baseline_tokens_per_s=mean(base, name, "tokens_per_s"),
+                candidate_tokens_per_s=mean(other, name, "tokens_per_s"),
+                speedup=latency.ratio,
+                speedup_ci95=latency.ci95,
+                shared_questions=latency.shared_questions,
+                baseline_tpot_s=mean(base, name, "tpot_s"),
+                candidate_tpot_s=mean(other, name, "tpot_s"),
+                tpot_ratio=tpot.ratio,
+                tpot_ratio_ci95=tpot.ci95,
+                baseline_ttft_s=mean(base, name, "ttft_s"),
+                candidate_ttft_s=mean(other, name, "ttft_s"),
+            )
+        )
+    return rows

@@ -204,3 +204,80 @@ def test_resume_adds_a_session_and_pools_the_finished_ones(timed_engine, config,
     aggregate = resumed.summary.speed.aggregate
     assert aggregate.sessions == 1 and aggregate.output_tokens == sessions[1].decoded_tokens
     assert aggregate.output_tokens < resumed.output_tokens
+
+
+def test_a_speculation_off_run_is_valid():
+    records = [turn(q, t, [1] * 12) for q in (81, 82, 91, 92) for t in (1, 2)]
+    assert summarize(records, 0).valid
+    assert not summarize(records, 1).valid  # asked to speculate and never accepted
+
+
+# --- bench compare: speed beside acceptance ----------------------------------------------
+
+
+def faster(records, factor: float):
+    return [r.model_copy(update={"duration_s": r.duration_s / factor}) for r in records]
+
+
+def test_compare_shows_the_paired_speedup_and_does_not_gate_it(make_run, tmp_path, capsys):
+    from tests.test_compare import gate
+
+    base = make_run("base", timed(records_for()))
+    cand = make_run("cand", faster(timed(records_for()), 0.5))  # twice as slow
+    code, data, md = gate(tmp_path, str(base), str(cand))
+    out = capsys.readouterr().out
+    assert code == 0 and data["passed"]  # reported, not gated
+    overall = data["speed"]["rows"][-1]
+    assert overall["name"] == "overall" and overall["shared_questions"] == 16
+    assert overall["speedup"] == pytest.approx(0.5)
+    assert overall["speedup_ci95"] == pytest.approx([0.5, 0.5])
+    assert overall["tpot_ratio"] < 1
+    assert "speedup" in out and "### Speed" in md and "0.500" in md
+
+
+def test_min_speedup_gates_the_overall_latency_speedup(make_run, tmp_path):
+    from tests.test_compare import failing, gate
+
+    base = make_run("base", timed(records_for()))
+    cand = make_run("cand", faster(timed(records_for()), 1.5))
+    strict = tmp_path / "gate.yaml"
+    strict.write_text("min_speedup: 1.6\n")
+    code, data, _ = gate(tmp_path, str(base), str(cand), "--gate", str(strict))
+    assert code == 1 and failing(data) == [("speed", "overall")]
+    strict.write_text("min_speedup: 1.4\n")
+    code, data, _ = gate(tmp_path, str(base), str(cand), "--gate", str(strict), out="ok")
+    assert code == 0 and data["speed"]["rows"][-1]["speedup"] == pytest.approx(1.5)
+    untimed = make_run("untimed")
+    code, data, _ = gate(tmp_path, str(untimed), str(cand), "--gate", str(strict), out="no")
+    assert code == 1 and failing(data) == [("speed", "overall")] and data["speed"] is None
+
+
+def test_allow_draft_len_gives_the_speedup_over_a_lower_draft_length(make_run, tmp_path):
+    from tests.test_compare import failing, gate
+
+    # The baseline decodes at draft length 1 (steps of at most 2 tokens), the candidate at 3.
+    low = [turn(q, t, [1, 2, 1, 2, 2, 1], ttft_s=0.1) for q in (81, 82, 91, 92) for t in (1, 2)]
+    high = [
+        turn(q, t, [1, 4, 4], ttft_s=0.1, duration_s=0.25) for q in (81, 82, 91, 92) for t in (1, 2)
+    ]
+    base = make_run("k1", low, draft_len=1)
+    cand = make_run("k3", high, draft_len=3)
+    code, data, _ = gate(tmp_path, str(base), str(cand))
+    assert code == 1 and failing(data) == [("incomparable", "draft_len")]
+    assert data["speed"]["rows"][-1]["speedup"] == pytest.approx(2.0)
+    code, data, _ = gate(tmp_path, str(base), str(cand), "--allow", "draft_len", out="allowed")
+    assert code == 0 and data["speed"]["rows"][-1]["speedup"] == pytest.approx(2.0)
+
+
+def test_speed_rows_and_throughput_from_two_summaries():
+    from bench.dataset import CATEGORIES
+    from bench.speed import speed_rows
+
+    off = AggregateSpeed(output_tokens=100, decode_s=10.0, tokens_per_s=10.0, concurrency=1)
+    on = AggregateSpeed(output_tokens=100, decode_s=4.0, tokens_per_s=25.0, concurrency=1)
+    base = summarize(timed(records_for()), 3, aggregate=off).speed
+    other = summarize(faster(timed(records_for()), 2.0), 3, aggregate=on).speed
+    rows = speed_rows(base, other, CATEGORIES)
+    assert [r.name for r in rows][-1] == "overall" and len(rows) == 9
+    assert all(r.speedup == pytest.approx(2.0) for r in rows)
+    assert throughput_speedup(base.aggregate, other.aggregate) == 2.5
