@@ -281,3 +281,16 @@ def test_speed_rows_and_throughput_from_two_summaries():
     assert [r.name for r in rows][-1] == "overall" and len(rows) == 9
     assert all(r.speedup == pytest.approx(2.0) for r in rows)
     assert throughput_speedup(base.aggregate, other.aggregate) == 2.5
+
+
+def test_report_has_a_speed_table_with_the_aggregate_and_its_concurrency():
+    from bench.report import render_report
+
+    aggregate = AggregateSpeed(output_tokens=800, decode_s=4.0, tokens_per_s=200.0, concurrency=8)
+    report = render_report(summarize(timed(records_for()), 3, aggregate=aggregate))
+    section = report[report.index("## Speed") : report.index("## Sanity signals")]
+    assert "| Category | tokens/s | 95 % CI | TTFT ms | TPOT ms | step ms |" in section
+    assert "| writing |" in section and "| overall |" in section
+    assert "200.0 output tokens/s at concurrency 8" in section
+    untimed = render_report(summarize(records_for(), 3))
+    assert "No timed turns" in untimed
