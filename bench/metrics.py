@@ -26,11 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench import METHODOLOGY_VERSION
 from bench.dataset import CATEGORIES
 from bench.records import TurnRecord, latest_by_turn
-from bench.speed import AggregateSpeed, SpeedSummary, TimedTurn, summarize_speed
+from bench.speed import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    AggregateSpeed,
+    SpeedSummary,
+    TimedTurn,
+    summarize_speed,
+)
 
 SUMMARY_SCHEMA_VERSION = 1
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
 
 
 # --- the formulas, on plain lists ------------------------------------------------------

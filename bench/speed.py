@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
+# Every bootstrap of the summary (AL and speed) uses these; bench.metrics takes them here.
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
