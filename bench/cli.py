@@ -239,7 +239,8 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument(
         "--gate",
         type=Path,
-        help="YAML: tolerance, categories (per-category tolerance), joint_acceptance_min, allow",
+        help="YAML: tolerance, categories (per-category tolerance), joint_acceptance_min, allow, "
+        "min_speedup (overall latency speedup; speed is otherwise reported, not gated)",
     )
     p.add_argument(
         "--tolerance", type=float, help="largest allowed relative AL drop (default 0.02 = 2 %%)"

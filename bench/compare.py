@@ -18,6 +18,12 @@ both ran are bootstrapped (questions resampled, stratified by category for overa
 question-level data, the reference value is tested against the candidate's own interval.
 Noise is reported beside each delta; the gate itself is the tolerance, as stated.
 
+Speed (docs/metrics.md "Speed") is shown beside acceptance when both sides timed their
+turns: tokens/s, TPOT and TTFT of each, the paired latency speedup (candidate ÷ baseline,
+bench.speed.speedup) and the throughput speedup. It is reported, not gated, unless the gate
+sets `min_speedup`. For the speedup of speculation, the baseline is the speculation-off run
+of the same engine and settings; its draft length differs, so pass `--allow draft_len`.
+
 `compare` and the renderers return values; `write_outputs` is the one writer.
 """
 
@@ -37,6 +43,13 @@ from bench.errors import BenchError
 from bench.metrics import Summary, paired_difference_ci95
 from bench.references import ReferenceTable, load_reference
 from bench.rundir import Manifest, RunDir, drafter_mismatch, write_text_atomic
+from bench.speed import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    SpeedRow,
+    speed_rows,
+    throughput_speedup,
+)
 from bench.tables import fmt, lookup
 
 COMPARE_SCHEMA_VERSION = 1
@@ -85,6 +98,9 @@ class GateConfig(BaseModel):
     """Lower bound of the candidate's overall joint acceptance at draft positions j = 1, 2, …"""
     allow: list[str] = Field(default_factory=list)
     """Comparability differences accepted (names as `--allow` takes them)."""
+    min_speedup: float | None = Field(None, gt=0)
+    """Lowest allowed overall latency speedup (candidate ÷ baseline mean question
+    tokens/s); unset: speed is reported, not gated."""
 
     def tolerance_for(self, name: str) -> float:
         return self.categories.get(name, self.tolerance)
@@ -261,10 +277,31 @@ class ComparisonRow(BaseModel):
 class Check(BaseModel):
     """One reason the gate fails (or a difference `--allow` accepted)."""
 
-    kind: Literal["regression", "joint_acceptance", "sanity", "incomparable"]
+    kind: Literal["regression", "joint_acceptance", "sanity", "incomparable", "speed"]
     subject: str
     message: str
     allowed: bool = False
+
+
+class SpeedComparison(BaseModel):
+    """Speed beside acceptance, when both sides timed their turns."""
+
+    method: str
+    rows: list[SpeedRow]
+    baseline_aggregate_tokens_per_s: float | None
+    candidate_aggregate_tokens_per_s: float | None
+    baseline_concurrency: int | None
+    candidate_concurrency: int | None
+    throughput_speedup: float | None
+    """Candidate ÷ baseline aggregate output tokens/s (one number per run: no interval)."""
+
+
+SPEED_METHOD = (
+    "latency speedup = candidate ÷ baseline mean question tokens/s over the questions both "
+    "timed, TPOT ratio = baseline ÷ candidate mean TPOT (above 1: the candidate is faster); "
+    "paired bootstrap of the ratio of means ({resamples} resamples, seed {seed}, stratified "
+    "by category for overall); throughput speedup = ratio of aggregate tokens/s"
+)
 
 
 class Comparison(BaseModel):
@@ -281,6 +318,7 @@ class Comparison(BaseModel):
     notes: list[str]
     gate: GateConfig
     passed: bool
+    speed: SpeedComparison | None = None
 
     @property
     def failures(self) -> list[Check]:
@@ -415,6 +453,40 @@ def _row(base: Side, cand: Side, name: str, gate: GateConfig, paired: bool) -> C
     return row
 
 
+def _speed(base: Side, cand: Side) -> SpeedComparison | None:
+    b = base.summary.speed if base.summary is not None else None
+    c = cand.summary.speed if cand.summary is not None else None
+    if b is None or c is None or b.overall is None or c.overall is None:
+        return None
+    return SpeedComparison(
+        method=SPEED_METHOD.format(resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED),
+        rows=speed_rows(b, c, CATEGORIES),
+        baseline_aggregate_tokens_per_s=b.aggregate.tokens_per_s if b.aggregate else None,
+        candidate_aggregate_tokens_per_s=c.aggregate.tokens_per_s if c.aggregate else None,
+        baseline_concurrency=b.aggregate.concurrency if b.aggregate else None,
+        candidate_concurrency=c.aggregate.concurrency if c.aggregate else None,
+        throughput_speedup=throughput_speedup(b.aggregate, c.aggregate),
+    )
+
+
+def _speed_gate(speed: SpeedComparison | None, gate: GateConfig) -> list[Check]:
+    if gate.min_speedup is None:
+        return []
+    overall = speed.rows[-1].speedup if speed is not None else None
+    if overall is None:
+        message = (
+            f"min_speedup {gate.min_speedup:.3f} cannot be checked: the two sides do not both "
+            "carry timed questions they share"
+        )
+    elif overall < gate.min_speedup:
+        message = (
+            f"overall latency speedup {overall:.3f} is under min_speedup {gate.min_speedup:.3f}"
+        )
+    else:
+        return []
+    return [Check(kind="speed", subject="overall", message=message)]
+
+
 def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
     check_names(gate)
     checks, notes = _comparability(base, cand, gate.allow)
@@ -479,6 +551,14 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
                         )
                     )
 
+    speed = _speed(base, cand)
+    checks += _speed_gate(speed, gate)
+    timed = [
+        s.label for s in (base, cand) if s.summary and s.summary.speed and s.summary.speed.overall
+    ]
+    if speed is None and len(timed) == 1:
+        notes.append(f"speed not compared: only {timed[0]} has timed questions")
+
     result = Comparison(
         baseline=SideInfo(label=base.label, kind=base.kind, path=base.path, settings=base.settings),
         candidate=SideInfo(
@@ -491,6 +571,7 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
         notes=notes,
         gate=gate,
         passed=True,
+        speed=speed,
     )
     result.passed = not result.failures
     return result
@@ -534,6 +615,59 @@ HEADER = [
 ]
 
 
+SPEED_HEADER = [
+    "category",
+    "tokens/s base",
+    "tokens/s cand",
+    "speedup",
+    "95 % CI",
+    "TPOT ms base",
+    "TPOT ms cand",
+    "TPOT ratio",
+    "TTFT ms base",
+    "TTFT ms cand",
+]
+
+
+def _ms(value: float | None) -> str:
+    return fmt(None if value is None else 1000 * value, ".1f")
+
+
+def _speed_cells(row: SpeedRow) -> list[str]:
+    ci = row.speedup_ci95
+    return [
+        row.name,
+        fmt(row.baseline_tokens_per_s, ".1f"),
+        fmt(row.candidate_tokens_per_s, ".1f"),
+        fmt(row.speedup),
+        "–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+        _ms(row.baseline_tpot_s),
+        _ms(row.candidate_tpot_s),
+        fmt(row.tpot_ratio),
+        _ms(row.baseline_ttft_s),
+        _ms(row.candidate_ttft_s),
+    ]
+
+
+def throughput_line(speed: SpeedComparison) -> str:
+    return (
+        f"throughput: aggregate {fmt(speed.baseline_aggregate_tokens_per_s, '.1f')} → "
+        f"{fmt(speed.candidate_aggregate_tokens_per_s, '.1f')} tokens/s at concurrency "
+        f"{speed.baseline_concurrency or '?'} → {speed.candidate_concurrency or '?'}, "
+        f"speedup {fmt(speed.throughput_speedup)}"
+    )
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
 def verdict_line(result: Comparison) -> str:
     if result.passed:
         return (
@@ -546,7 +680,6 @@ def verdict_line(result: Comparison) -> str:
 
 def render_terminal(result: Comparison) -> str:
     rows = [HEADER, *(_cells(r) for r in result.rows)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = [
         f"baseline:  {result.baseline.label} ({result.baseline.kind}, {result.baseline.path})",
         f"candidate: {result.candidate.label} ({result.candidate.kind}, {result.candidate.path})",
@@ -554,13 +687,14 @@ def render_terminal(result: Comparison) -> str:
         f"noise:     {result.noise_method}",
         "",
     ]
-    for i, r in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += _table(rows)
     for row in result.rows:
         if row.note:
             lines.append(f"  {row.name}: {row.note}")
+    if result.speed is not None:
+        lines += ["", f"speed:     {result.speed.method}", ""]
+        lines += _table([SPEED_HEADER, *(_speed_cells(r) for r in result.speed.rows)])
+        lines.append(throughput_line(result.speed))
     for j in result.joint_acceptance:
         lines.append(
             f"joint acceptance j={j['position']}: {fmt(j['joint_acceptance'])} "
@@ -602,6 +736,19 @@ def render_markdown(result: Comparison) -> str:
     for row in result.rows:
         if row.note:
             out.append(f"- {row.name}: {md_escape(row.note)}")
+    if result.speed is not None:
+        out += [
+            "### Speed (reported, not gated unless `min_speedup` is set)\n",
+            f"{result.speed.method}\n",
+            "| " + " | ".join(SPEED_HEADER) + " |",
+            "|" + "---|" * len(SPEED_HEADER),
+            *(
+                "| " + " | ".join(md_escape(c) for c in _speed_cells(r)) + " |"
+                for r in result.speed.rows
+            ),
+            "",
+            f"{throughput_line(result.speed)}\n",
+        ]
     if result.joint_acceptance:
         out.append("\n| draft position | joint acceptance | lower bound | |\n|---|---|---|---|")
         for j in result.joint_acceptance:

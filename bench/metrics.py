@@ -26,10 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench import METHODOLOGY_VERSION
 from bench.dataset import CATEGORIES
 from bench.records import TurnRecord, latest_by_turn
+from bench.speed import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    AggregateSpeed,
+    SpeedSummary,
+    TimedTurn,
+    summarize_speed,
+)
 
 SUMMARY_SCHEMA_VERSION = 1
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
 
 
 # --- the formulas, on plain lists ------------------------------------------------------
@@ -449,6 +455,17 @@ class Summary(BaseModel):
     questions: list[QuestionSummary]
     signals: list[Signal]
     bootstrap: dict[str, float | int | str]
+    speed: SpeedSummary | None = None
+    """Timing beside acceptance (docs/metrics.md "Speed"); None in summaries written before
+    it existed."""
+
+
+def timed_turn(record: TurnRecord) -> TimedTurn | None:
+    """What the speed figures read from a successful turn; None when the engine did not
+    time its first token."""
+    if record.ttft_s is None:
+        return None
+    return TimedTurn(record.output_tokens, record.step_count, record.ttft_s, record.duration_s)
 
 
 def sanity_signals(
@@ -533,7 +550,9 @@ def sanity_signals(
                 "questions are left out of every average",
             )
         )
-    if overall is not None and overall.decode_steps and draft_len > 0:
+    # A speculation-off run (draft length 0, the speed baseline) emits one token per step
+    # by design: neither check below applies to it.
+    if draft_len >= 1 and overall is not None and overall.decode_steps:
         prefill = overall.steps - overall.decode_steps
         decode_al = (overall.output_tokens - prefill) / overall.decode_steps
         if decode_al < 1.01:
@@ -581,8 +600,10 @@ def summarize(
     records: Sequence[TurnRecord],
     draft_len: int,
     expected_question_ids: Sequence[int] | None = None,
+    aggregate: AggregateSpeed | None = None,
 ) -> Summary:
-    """The run's summary from its records (the last record of each turn counts)."""
+    """The run's summary from its records (the last record of each turn counts);
+    `aggregate` is the run's decoding throughput, from its manifest, when it records it."""
     latest = latest_by_turn(list(records))
     ids = sorted(
         set(expected_question_ids)
@@ -653,4 +674,12 @@ def summarize(
             "seed": BOOTSTRAP_SEED,
             "level": 0.95,
         },
+        speed=summarize_speed(
+            [
+                (q.question_id, q.category, (timed_turn(q.turns[0]), timed_turn(q.turns[1])))
+                for q in complete_questions
+            ],
+            CATEGORIES,
+            aggregate,
+        ),
     )

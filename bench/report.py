@@ -55,6 +55,60 @@ def card_table(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def _ms(value: float | None) -> str:
+    return fmt(None if value is None else 1000 * value, ".1f")
+
+
+def speed_section(summary: Summary) -> str:
+    """Speed beside acceptance (docs/metrics.md "Speed"): per category and overall, the
+    mean question tokens/s with its interval, TTFT, TPOT and step time; then the run's
+    aggregate tokens/s at its concurrency."""
+    speed = summary.speed
+    out = ["## Speed\n"]
+    if speed is None or speed.overall is None:
+        out.append("No timed turns: the engine did not report when each turn's first token came.\n")
+        return "\n".join(out)
+    out.append(
+        "Per question: tokens/s = (n₁ + n₂) / (t₁ + t₂), TTFT the mean of its turns', "
+        "TPOT = Σ(t − TTFT) / Σ(n − 1), step time = Σ(t − TTFT) / Σ(steps − 1); each "
+        "averaged over questions (95 % CI over questions).\n"
+    )
+    out.append(
+        "| Category | tokens/s | 95 % CI | TTFT ms | TPOT ms | step ms |\n|---|---|---|---|---|---|"
+    )
+    rows = [(c, speed.categories[c]) for c in CATEGORIES if c in speed.categories]
+    for name, g in [*rows, ("overall", speed.overall)]:
+        ci = g.tokens_per_s.ci95
+        out.append(
+            f"| {name} | {fmt(g.tokens_per_s.mean, '.1f')} | "
+            f"{'–' if ci is None else f'[{ci[0]:.1f}, {ci[1]:.1f}]'} | {_ms(g.ttft_s.mean)} | "
+            f"{_ms(g.tpot_s.mean)} | {_ms(g.mean_step_s.mean)} |"
+        )
+    out.append("")
+    if speed.untimed_turns:
+        out.append(
+            f"{len(speed.untimed_turns)} turns have no timing; their questions are left out "
+            f"(figures over {speed.timed_questions} questions).\n"
+        )
+    aggregate = speed.aggregate
+    if aggregate is None:
+        out.append("Aggregate tokens/s: not recorded (the manifest has no decoding time).\n")
+    else:
+        out.append(
+            f"Aggregate: {fmt(aggregate.tokens_per_s, '.1f')} output tokens/s at concurrency "
+            f"{aggregate.concurrency} ({aggregate.output_tokens} tokens in "
+            f"{aggregate.decode_s:.1f} s of decoding"
+            + (
+                f", pooled over {aggregate.sessions} sessions of a resumed run, which reads "
+                "low where a session redid only a few turns"
+                if aggregate.sessions > 1
+                else ""
+            )
+            + ").\n"
+        )
+    return "\n".join(out)
+
+
 PLOT_CAPTIONS = {
     "categories.png": "per category",
     "histogram.png": "histogram",
@@ -174,6 +228,8 @@ def render_report(
         )
         out.append(f"| {name} | {cells} |")
     out.append("")
+
+    out.append(speed_section(summary))
 
     out.append("## Sanity signals\n")
     for s in summary.signals:

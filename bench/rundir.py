@@ -28,6 +28,7 @@ from bench import METHODOLOGY_VERSION, __version__
 from bench.config import REPO_ROOT, RunConfig
 from bench.errors import BenchError
 from bench.references import ReferenceTable, load_reference
+from bench.speed import AggregateSpeed, aggregate_tokens_per_s
 
 MANIFEST_SCHEMA_VERSION = 1
 Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
@@ -71,6 +72,68 @@ class EngineRecord(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class MachineLoad(BaseModel):
+    """How busy the machine was at one moment: timing on a shared machine depends on it."""
+
+    at: str
+    loadavg: tuple[float, float, float] | None
+    """Run-queue length averaged over 1, 5 and 15 minutes (`os.getloadavg`); None where the
+    system has none."""
+    cpu_count: int | None
+
+
+def machine_load() -> MachineLoad:
+    try:
+        loadavg: tuple[float, float, float] | None = os.getloadavg()
+    except (AttributeError, OSError):
+        loadavg = None
+    return MachineLoad(at=now_iso(), loadavg=loadavg, cpu_count=os.cpu_count())
+
+
+class DecodeSession(BaseModel):
+    """One invocation's decoding phase (`bench run`, then each `--resume`)."""
+
+    load_start: MachineLoad
+    load_end: MachineLoad | None = None
+    decode_s: float | None = None
+    """Wall time of the decoding phase; None when the session did not finish it
+    (interrupted or failed), and then its turns are left out of the aggregate."""
+    decoded_tokens: int | None = None
+    """Output tokens of the turns this session finished successfully."""
+
+
+class RunTiming(BaseModel):
+    """What affects the run's timing, and its decoding time."""
+
+    concurrency: int
+    """Questions in flight the config asked for."""
+    batch_size: int
+    """Turns the engine decodes together (`EngineInfo.batch_size`)."""
+    in_flight: int
+    """Turns in flight at once: the larger of the two (the runner's semaphore)."""
+    threads: int | None = None
+    """CPU threads of the engine, where it says (the reference engine on the CPU)."""
+    device: str | None = None
+    """Where the engine decodes, where it says (the reference engine: `cpu`, `cuda`)."""
+    sessions: list[DecodeSession] = Field(default_factory=list)
+
+    def aggregate(self) -> AggregateSpeed | None:
+        """Aggregate output tokens/s over the sessions that finished decoding: Σ decoded
+        tokens / Σ decode_s; None when none did."""
+        done = [s for s in self.sessions if s.decode_s is not None and s.decoded_tokens is not None]
+        if not done:
+            return None
+        tokens = sum(s.decoded_tokens or 0 for s in done)
+        decode_s = sum(s.decode_s or 0.0 for s in done)
+        return AggregateSpeed(
+            output_tokens=tokens,
+            decode_s=decode_s,
+            tokens_per_s=aggregate_tokens_per_s(tokens, decode_s),
+            concurrency=self.in_flight,
+            sessions=len(done),
+        )
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -96,6 +159,9 @@ class Manifest(BaseModel):
     wall_s: float | None = None
     """Seconds of this run's sessions (a resumed run adds its sessions)."""
     peak_rss_mb: float | None = None
+    timing: RunTiming | None = None
+    """Concurrency, threads, device, machine load and decoding time per session; None in
+    manifests written before it existed (their runs have no aggregate tokens/s)."""
 
 
 def now_iso() -> str:

@@ -36,13 +36,16 @@ from bench.report import write_results
 from bench.rundir import (
     ChatTemplateInfo,
     DatasetInfo,
+    DecodeSession,
     EngineRecord,
     Manifest,
     RunDir,
+    RunTiming,
     Status,
     default_run_id,
     git_state,
     host_info,
+    machine_load,
     manifest_reference,
     now_iso,
     package_versions,
@@ -243,6 +246,29 @@ def _decode(
     return done, time.perf_counter() - started
 
 
+def _timing(previous: RunTiming | None, config: RunConfig, engine: Engine) -> RunTiming:
+    """The manifest's timing with a new session opened (a resume keeps the earlier ones)."""
+    details = engine.info.details
+    return RunTiming(
+        concurrency=config.concurrency,
+        batch_size=engine.info.batch_size,
+        in_flight=max(config.concurrency, engine.info.batch_size),
+        threads=details.get("threads"),
+        device=details.get("device"),
+        sessions=[
+            *(previous.sessions if previous else []),
+            DecodeSession(load_start=machine_load()),
+        ],
+    )
+
+
+def _close_session(timing: RunTiming, decode_s: float, decoded_tokens: int) -> RunTiming:
+    last = timing.sessions[-1].model_copy(
+        update={"load_end": machine_load(), "decode_s": decode_s, "decoded_tokens": decoded_tokens}
+    )
+    return timing.model_copy(update={"sessions": [*timing.sessions[:-1], last]})
+
+
 def execute(
     config: RunConfig | None,
     *,
@@ -295,6 +321,7 @@ def execute(
             packages=package_versions(),
             git=git_state(),
             host=host_info(),
+            timing=_timing(manifest.timing, config, engine),
         )
         with session.failing_as_such():
             done, decode_s = _decode(session, engine, chat, config, questions, quiet)
@@ -302,7 +329,16 @@ def execute(
         asyncio.run(engine.aclose())
 
     records = read_records(run.records_path)
-    summary = summarize(records, config.draft_len, [q.question_id for q in questions])
+    latest = {key: r for key, r in latest_by_turn(records).items() if r.ok}
+    decoded_tokens = sum(
+        r.output_tokens for key, r in latest.items() if key not in done or not done[key].ok
+    )
+    assert session.manifest.timing is not None
+    timing = _close_session(session.manifest.timing, decode_s, decoded_tokens)
+    session.record("running", timing=timing)
+    summary = summarize(
+        records, config.draft_len, [q.question_id for q in questions], timing.aggregate()
+    )
     final = {
         "status": "complete" if summary.complete else "incomplete",
         "finished_at": now_iso(),
@@ -312,15 +348,12 @@ def execute(
     with session.failing_as_such():
         write_results(run, summary, session.manifest.model_copy(update=final), reference)
     session.record(**final)
-    latest = {key: r for key, r in latest_by_turn(records).items() if r.ok}
     return RunOutcome(
         run=run,
         summary=summary,
         output_tokens=sum(r.output_tokens for r in latest.values()),
         decode_s=decode_s,
-        decoded_tokens=sum(
-            r.output_tokens for key, r in latest.items() if key not in done or not done[key].ok
-        ),
+        decoded_tokens=decoded_tokens,
         wall_s=session.manifest.wall_s or 0.0,
     )
 
@@ -330,6 +363,9 @@ def rebuild_report(path: Path) -> Summary:
     run = RunDir.open(path)
     manifest = run.read_manifest()
     records = read_records(run.records_path)
-    summary = summarize(records, manifest.config.draft_len, manifest.dataset.question_ids)
+    aggregate = manifest.timing.aggregate() if manifest.timing else None
+    summary = summarize(
+        records, manifest.config.draft_len, manifest.dataset.question_ids, aggregate
+    )
     write_results(run, summary, manifest, manifest_reference(manifest))
     return summary
