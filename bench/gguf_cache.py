@@ -33,6 +33,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.artifacts import cache_dir, sha256_file
@@ -40,6 +41,9 @@ from bench.artifacts import cache_dir, sha256_file
 MARKER = "bench-gguf-cache.json"
 FORMAT = 1
 """Bump when the folder's layout or the conversion changes, so old folders are rebuilt."""
+
+STALE_S = 3600
+"""Age after which another conversion's temporary folder counts as abandoned."""
 
 _hashes: dict[tuple[str, int, int], str] = {}
 
@@ -119,6 +123,17 @@ def _write_marker(folder: Path, gguf: Path, sha256: str) -> None:
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
+def _remove_stale(root: Path, sha256: str) -> None:
+    """Temporary folders a killed conversion of this file left (a kill -9 skips the clean-up);
+    an hour old, so that a conversion still running in another process keeps its own."""
+    for path in root.glob(f".{sha256[:16]}-*"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_S:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def converted_checkpoint(gguf: Path, sha256: str | None = None) -> Path | None:
     """The converted folder of the .gguf file `gguf`, converting it first when the cache has
     no complete one; None when the model cannot be converted (load the .gguf file itself).
@@ -128,6 +143,7 @@ def converted_checkpoint(gguf: Path, sha256: str | None = None) -> Path | None:
     if is_complete(folder, sha256):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder.parent, sha256)
     print(
         f"note: converting {gguf.name} once into {folder} (later runs load from there)",
         file=sys.stderr,

@@ -110,6 +110,20 @@ def test_a_killed_conversion_leaves_nothing_that_looks_complete(conversions, ggu
     assert list(root.iterdir()) == []
 
 
+def test_an_abandoned_temporary_folder_is_removed(conversions, gguf):
+    import os
+
+    sha256 = sha256_file(gguf)
+    root = gguf_cache.cache_folder(sha256).parent
+    old, recent = root / f".{sha256[:16]}-old", root / f".{sha256[:16]}-recent"
+    for path in (old, recent):
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"w")
+    os.utime(old, (0, 0))
+    converted_checkpoint(gguf)
+    assert not old.exists() and recent.exists()  # recent: maybe another process's
+
+
 def test_a_model_kept_packed_is_loaded_from_the_gguf(conversions, gguf, monkeypatch, tmp_path):
     def packed(gguf: Path, folder: Path) -> None:
         raise gguf_cache.NotConvertible(gguf.name)
