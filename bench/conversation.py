@@ -128,7 +128,7 @@ def load_tokenizer(target: TargetConfig) -> Any:
         raise BenchError(
             "applying the chat template needs transformers: pip install 'bench[reference]'"
         ) from None
-    from bench.target import pretrained_kwargs, resolve_target
+    from bench.target import pretrained_source, resolve_target
 
     if target.trust_remote_code:
         print(f"note: trusting the Python code shipped with {target.tokenizer or target.name}")
@@ -137,10 +137,8 @@ def load_tokenizer(target: TargetConfig) -> Any:
             return AutoTokenizer.from_pretrained(
                 target.tokenizer, trust_remote_code=target.trust_remote_code
             )
-        resolved = resolve_target(target)
-        return AutoTokenizer.from_pretrained(
-            resolved.location, **pretrained_kwargs(target, resolved)
-        )
+        location, kwargs = pretrained_source(target, resolve_target(target))
+        return AutoTokenizer.from_pretrained(location, **kwargs)
     except BenchError:
         raise
     except Exception as err:
