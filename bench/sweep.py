@@ -387,10 +387,8 @@ def _warnings(settings: SweepSettings, loaded: dict[tuple[int, int], tuple[Manif
     loads = []
     for k, c in cell_order(settings.draft_lens, settings.concurrencies):
         timing = loaded[(k, c)][0].timing if (k, c) in loaded else None
-        if timing is not None:
-            loads.append(timing.load_start)
-            if timing.load_end is not None:
-                loads.append(timing.load_end)
+        for session in timing.sessions if timing is not None else []:
+            loads += [m for m in (session.load_start, session.load_end) if m is not None]
     per_core = [
         m.loadavg[0] / (m.cpu_count or 1) for m in loads if m.loadavg is not None and m.cpu_count
     ]
