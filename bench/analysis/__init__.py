@@ -4,6 +4,7 @@ notebooks/category_breakdown.ipynb, usable from any script.
     from bench import analysis
     runs = analysis.load_runs(analysis.default_run_dirs())
     analysis.categories_frame(runs)          # one row per run × category
+    analysis.sweep_frame("results/sweeps/s1")  # one row per cell of a `bench sweep`
 
 Loaders read manifest.json and records.jsonl; every figure comes from `bench.metrics`
 (the code behind summary.json). Needs pandas: `pip install 'bench[analysis]'`.
@@ -19,6 +20,7 @@ from bench.analysis.frames import (
     compare_runs,
     default_run_dirs,
     find_runs,
+    find_sweeps,
     histogram_frame,
     length_correlation,
     load_run,
@@ -29,6 +31,7 @@ from bench.analysis.frames import (
     questions_frame,
     runs_frame,
     steps_frame,
+    sweep_frame,
     turns_frame,
 )
 from bench.analysis.plots import (
@@ -51,6 +54,7 @@ __all__ = [
     "compare_runs",
     "default_run_dirs",
     "find_runs",
+    "find_sweeps",
     "histogram_frame",
     "length_correlation",
     "load_run",
@@ -61,6 +65,7 @@ __all__ = [
     "questions_frame",
     "runs_frame",
     "steps_frame",
+    "sweep_frame",
     "turns_frame",
     "plot_categories",
     "plot_differences",

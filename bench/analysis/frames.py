@@ -558,3 +558,45 @@ def compare_runs(runs: Sequence[Run], baseline: int | str = 0) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+# --- sweeps -----------------------------------------------------------------------------
+
+
+def find_sweeps(results: str | Path = "results") -> list[Path]:
+    """Sweep folders (`bench sweep --out`) under `results`, oldest first by sweep.json."""
+    found = sorted(Path(results).rglob("sweep.json"), key=lambda p: p.stat().st_mtime)
+    return [p.parent for p in found]
+
+
+def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per cell of a `bench sweep` folder: draft_len, concurrency, the card AL with
+    its interval, decode AL beside the prediction from the largest draft length, tokens/s,
+    aggregate tokens/s, TPOT, the speedup over draft length 0 with its interval, whether the
+    cell is its concurrency's recommendation, and the cell's run directory."""
+    from bench.sweep import read_sweep
+
+    sweep = read_sweep(Path(sweep_dir))
+    chosen = {(r.concurrency, r.draft_len) for r in sweep.recommendations}
+    rows = []
+    for c in sweep.cells:
+        low, high = c.speedup_ci95 or (None, None)
+        rows.append(
+            {
+                "draft_len": c.draft_len,
+                "concurrency": c.concurrency,
+                "acceptance_length": c.acceptance_length,
+                "decode_acceptance_length": c.decode_acceptance_length,
+                "predicted_decode_acceptance_length": c.predicted_decode_acceptance_length,
+                "predicted_from_draft_len": c.predicted_from_draft_len,
+                "tokens_per_s": c.tokens_per_s,
+                "aggregate_tokens_per_s": c.aggregate_tokens_per_s,
+                "tpot_s": c.tpot_s,
+                "speedup": c.speedup,
+                "speedup_ci95_low": low,
+                "speedup_ci95_high": high,
+                "recommended": (c.concurrency, c.draft_len) in chosen,
+                "run_dir": str(Path(sweep_dir) / c.run),
+            }
+        )
+    return pd.DataFrame(rows)
