@@ -24,8 +24,9 @@ speculative step (`numGenRequests`). A prefill forward emits each joining row's 
 and drafts nothing: all its spec-decoding counts are 0. A turn streams exactly one chunk per
 forward it takes part in, so at concurrency 1 a turn's entries are its steps, prefill first.
 
-This module holds the request shapes, the shared `Service` and a response's `Turn`; the
-routes are in bench/serve_app.py, which imports FastAPI (an optional dependency) at its top.
+This module holds the request shapes, the shared `Service` and a response's `Turn`, and
+needs no web framework; the routes and the command are in bench/serve_app.py, which imports
+FastAPI (an optional dependency).
 """
 
 from __future__ import annotations
@@ -205,13 +206,6 @@ class Turn:
         return len(self.token_ids) / self.steps if self.steps else 0.0
 
 
-def create_app(service: Service) -> Any:
-    """The FastAPI app serving `service` (bench/serve_app.py: FastAPI is imported there)."""
-    from bench.serve_app import create_app as app_of
-
-    return app_of(service)
-
-
 def build_service(config_path: str | None, draft_len: int | None) -> Service:
     """The reference engine of a config, ready to serve."""
     from bench.config import load_config
@@ -231,25 +225,3 @@ def build_service(config_path: str | None, draft_len: int | None) -> Service:
     )
     engine.on_iteration = service.record_iteration
     return service
-
-
-def serve(config_path: str | None, host: str, port: int, draft_len: int | None) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise BenchError(
-            "bench serve needs fastapi and uvicorn: pip install 'bench[serve]'"
-        ) from None
-    import sys
-
-    if not sys.stderr.isatty():
-        from bench.runner import quiet_libraries
-
-        quiet_libraries()
-    service = build_service(config_path, draft_len)
-    print(
-        f"serving {service.model_name} (reference engine, draft length {service.draft_len}) "
-        f"at http://{host}:{port}/v1",
-        flush=True,
-    )
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

@@ -1,7 +1,7 @@
-"""The HTTP layer of `bench serve` (bench/serve.py): FastAPI routes over a `Service`.
+"""The HTTP layer of `bench serve` and the command itself: FastAPI routes over the
+`Service` of bench/serve.py (what the server does is described there).
 
-Kept apart from bench/serve.py because it imports FastAPI at the top: `bench serve` says how
-to install it when it is missing, before this module is imported.
+Importing this module without FastAPI installed is a `BenchError` that says how to install it.
 """
 
 from __future__ import annotations
@@ -15,14 +15,26 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-
 from bench import __version__
 from bench.engines import SamplingParams
+from bench.errors import BenchError
 from bench.records import Generation
-from bench.serve import ChatRequest, CompletionRequest, Service, StreamOptions, Turn
+from bench.serve import (
+    ChatRequest,
+    CompletionRequest,
+    Service,
+    StreamOptions,
+    Turn,
+    build_service,
+)
+
+INSTALL = "bench serve needs fastapi and uvicorn: pip install 'bench[serve]'"
+try:
+    from fastapi import APIRouter, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+except ImportError:
+    raise BenchError(INSTALL) from None
 
 Choice = Callable[[Turn, str, list[int], str | None], dict[str, Any]]
 """A chunk's choice from the turn so far, the text delta, the step's tokens and the finish."""
@@ -230,3 +242,23 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.include_router(router)
     return app
+
+
+def serve(config_path: str | None, host: str, port: int, draft_len: int | None) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise BenchError(INSTALL) from None
+    import sys
+
+    if not sys.stderr.isatty():
+        from bench.runner import quiet_libraries
+
+        quiet_libraries()
+    service = build_service(config_path, draft_len)
+    print(
+        f"serving {service.model_name} (reference engine, draft length {service.draft_len}) "
+        f"at http://{host}:{port}/v1",
+        flush=True,
+    )
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
