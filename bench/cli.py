@@ -325,7 +325,7 @@ def add_serve_parser(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bench.serve import serve
+    from bench.serve_app import serve
 
     if not 0 < args.port < 65536:
         raise BenchError(f"--port must be between 1 and 65535, got {args.port}")

@@ -15,7 +15,8 @@ The page is one self-contained file: inline CSS and inline SVG charts, no script
 no network (a Content-Security-Policy forbids scripts outright). Every string that came from
 a file or a model (run ids, names, paths, generated text) goes through `html.escape`.
 
-`render_site` returns the site as values; `write_site` is the one writer.
+`load_page` reads and computes what the page needs (the latest run's answers, the gate);
+`render_site` turns that into the site as values; `write_site` is the one writer.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import re
 import shutil
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.compare import Comparison, GateConfig, compare, load_side, md_escape
@@ -61,8 +62,6 @@ class RunEntry:
     is_baseline: bool
     slug: str = ""
     """Folder name of this run's copy inside the site."""
-    excerpts: dict[int, str] = field(default_factory=dict)
-    """Question id -> start of the turn-1 answer (filled for the latest run)."""
 
     @property
     def run_id(self) -> str:
@@ -361,6 +360,42 @@ def position_chart(summary: Summary, baseline: Summary | None) -> str:
 
 
 @dataclass
+class Page:
+    """Everything the page shows, read and computed before any of it is rendered."""
+
+    runs: list[RunEntry]
+    """Oldest first."""
+    latest: RunEntry
+    baseline: RunEntry | None
+    reference: ReferenceTable | None
+    gate: Comparison | str | None
+    """The gate against the baseline; a sentence where it could not run; None, no baseline."""
+    excerpts: dict[int, str]
+    """Question id -> start of the latest run's turn-1 answer."""
+    problems: list[str]
+    """Folders that look like runs but could not be read."""
+
+
+def load_page(
+    runs: list[RunEntry],
+    latest: RunEntry | None,
+    baseline: RunEntry | None,
+    reference: ReferenceTable | None,
+    problems: list[str],
+) -> Page:
+    """Reads the latest run's answers and runs the gate: all the page needs from disk."""
+    if latest is None:
+        raise BenchError("no run directories with a summary.json were found")
+    gate: Comparison | str | None = None
+    if baseline is not None and baseline is not latest:
+        try:
+            gate = compare(load_side(baseline.path), load_side(latest.path), GateConfig())
+        except BenchError as err:  # shown on the page; the other runs still render
+            gate = f"cannot compare: {err}"
+    return Page(runs, latest, baseline, reference, gate, _excerpts(latest), problems)
+
+
+@dataclass
 class Site:
     index_html: str
     markdown: str
@@ -491,35 +526,35 @@ def _gate_html(result: Comparison | str | None, against: str) -> str:
     )
 
 
-def render_site(
-    runs: list[RunEntry],
-    baseline: RunEntry | None,
-    reference: ReferenceTable | None,
-    problems: list[str],
-) -> Site:
+def render_site(page: Page) -> Site:
     """index.html and dashboard.md as strings (links point at runs/<slug>/report.md)."""
-    if not runs:
-        raise BenchError("no run directories with a summary.json were found")
-    non_baseline = [r for r in runs if not r.is_baseline]
-    latest = (non_baseline or runs)[-1]
-    latest.excerpts = _excerpts(latest)
-    trend_runs = [r for r in runs if r is not baseline]
-    gate: Comparison | str | None = None
-    if baseline is not None and baseline is not latest:
-        try:
-            gate = compare(load_side(baseline.path), load_side(latest.path), GateConfig())
-        except BenchError as err:  # shown on the page; the other runs still render
-            gate = f"cannot compare: {err}"
+    rows = [cells for _, cells in _latest_rows(page.latest, page.baseline, page.reference)]
+    html_page = "".join(
+        [
+            *_html_top(page),
+            "<h2>Latest run</h2>",
+            _table(LATEST_HEADER, [[esc(c) for c in cells] for cells in rows], "latest-table"),
+            _gate_html(page.gate, "baseline"),
+            *_html_charts(page),
+            *_html_runs(page),
+            *_html_questions(page),
+            "</body></html>",
+        ]
+    )
+    return Site(html_page, _markdown(page, rows), page.runs, page.latest)
 
+
+def _html_top(page: Page) -> list[str]:
+    """The head, the one-line summary of what is shown, and the latest run's errors."""
+    latest, baseline, reference = page.latest, page.baseline, page.reference
     s = latest.summary
-    rows = _latest_rows(latest, baseline, reference)
-    h: list[str] = [
+    h = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>bench dashboard: {esc(latest.run_id)}</title><style>{STYLE}</style></head><body>",
         "<h1>MT-Bench acceptance dashboard</h1>",
-        f'<p>{len(runs)} runs. Latest: <b id="latest-run">{esc(latest.run_id)}</b> '
+        f'<p>{len(page.runs)} runs. Latest: <b id="latest-run">{esc(latest.run_id)}</b> '
         f"({esc(latest.manifest.config.target.name)}, draft length {s.draft_len}, "
         f"{esc(latest.manifest.started_at)}). Baseline: "
         f"<b>{esc(baseline.run_id) if baseline else 'none'}</b>. Reference: "
@@ -534,12 +569,17 @@ def render_site(
             + esc(" ".join(sig.message for sig in s.signals if sig.severity == "error"))
             + "</p>"
         )
-    h.append("<h2>Latest run</h2>")
-    h.append(_table(LATEST_HEADER, [[esc(c) for c in cells] for _, cells in rows], "latest-table"))
-    h.append(_gate_html(gate, "baseline"))
-    h.append("<h2>Trend per category</h2><div class=charts>")
+    return h
+
+
+def _html_charts(page: Page) -> list[str]:
+    """A trend chart per category over the runs; the latest run's turn, step and position
+    charts."""
+    s, baseline = page.latest.summary, page.baseline
+    trend_runs = [r for r in page.runs if r is not baseline]
+    h = ["<h2>Trend per category</h2><div class=charts>"]
     h += [
-        trend_chart(n, trend_runs, baseline, reference)
+        trend_chart(n, trend_runs, baseline, page.reference)
         for n in [*CATEGORIES, "overall"]
         if any(lookup(r.summary, n) for r in trend_runs)
     ]
@@ -552,15 +592,22 @@ def render_site(
     h.append("</div>")
     if s.overall is not None:
         h.append(f"<p class=note>{esc(step_detail_note(s).strip())}</p>")
-    h.append("<h2>All runs</h2>")
+    return h
+
+
+def _html_runs(page: Page) -> list[str]:
+    """Every run, newest first, each linking to its copied report.md."""
     run_rows = []
-    for entry in reversed(runs):
+    for entry in reversed(page.runs):
         cells = [esc(c) for c in _run_cells(entry)]
         href = esc(urllib.parse.quote(f"runs/{entry.slug}/report.md"))
         cells[1] = f'<a href="{href}">{cells[1]}</a>'
         run_rows.append(cells)
-    h.append(_table(RUNS_HEADER, run_rows, "runs-table"))
-    h.append("<h2>Questions of the latest run</h2>")
+    return ["<h2>All runs</h2>", _table(RUNS_HEADER, run_rows, "runs-table")]
+
+
+def _html_questions(page: Page) -> list[str]:
+    """The latest run's questions with answer excerpts; then the folders that were skipped."""
     q_rows = [
         [
             esc(q.question_id),
@@ -569,51 +616,57 @@ def render_site(
             fmt(q.turn1_acceptance_length),
             fmt(q.turn2_acceptance_length),
             esc(" / ".join(q.finish_reasons)),
-            f"<code>{esc(latest.excerpts.get(q.question_id, ''))}</code>",
+            f"<code>{esc(page.excerpts.get(q.question_id, ''))}</code>",
         ]
-        for q in s.questions
+        for q in page.latest.summary.questions
     ]
-    h.append(
+    h = [
+        "<h2>Questions of the latest run</h2>",
         _table(
             ["question", "category", "AL", "turn 1", "turn 2", "finish", "turn-1 answer (start)"],
             q_rows,
             "questions-table",
-        )
-    )
-    if problems:
+        ),
+    ]
+    if page.problems:
         h.append("<h2>Skipped folders</h2><ul>")
-        h += [f"<li>{esc(p)}</li>" for p in problems]
+        h += [f"<li>{esc(p)}</li>" for p in page.problems]
         h.append("</ul>")
-    h.append("</body></html>")
+    return h
 
+
+def _markdown(page: Page, rows: list[list[str]]) -> str:
+    """dashboard.md: the latest run's table, the gate's verdict and the runs, for a CI job
+    summary."""
+    baseline, reference, gate = page.baseline, page.reference, page.gate
     md = [
-        f"## bench dashboard: latest run `{md_escape(latest.run_id)}`\n",
+        f"## bench dashboard: latest run `{md_escape(page.latest.run_id)}`\n",
         f"Baseline: `{md_escape(baseline.run_id) if baseline else 'none'}`; reference: "
         f"{md_escape(reference.name) if reference else 'none'}. AL = tokens per step "
         "(the cards' acceptance rate), 95 % bootstrap interval over questions.\n",
         "| " + " | ".join(LATEST_HEADER) + " |",
         "|" + "---|" * len(LATEST_HEADER),
     ]
-    md += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for _, cells in rows]
+    md += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for cells in rows]
     if isinstance(gate, str):
         md.append(f"\n**Gate against the baseline:** {md_escape(gate)}")
     elif gate is not None:
-        md.append(
-            "\n**Gate against the baseline:** "
-            + (
-                "no regression"
-                if gate.passed
-                else "; ".join(md_escape(c.message) for c in gate.failures)
-            )
+        verdict = (
+            "no regression"
+            if gate.passed
+            else "; ".join(md_escape(c.message) for c in gate.failures)
         )
+        md.append("\n**Gate against the baseline:** " + verdict)
     md += [
         "\n### All runs\n",
         "| " + " | ".join(RUNS_HEADER) + " |",
         "|" + "---|" * len(RUNS_HEADER),
     ]
-    md += ["| " + " | ".join(md_escape(c) for c in _run_cells(e)) + " |" for e in reversed(runs)]
+    md += [
+        "| " + " | ".join(md_escape(c) for c in _run_cells(e)) + " |" for e in reversed(page.runs)
+    ]
     md.append("")
-    return Site("".join(h), "\n".join(md), runs, latest)
+    return "\n".join(md)
 
 
 def write_site(site: Site, out: Path) -> None:
@@ -645,7 +698,24 @@ def build_dashboard(
     reference: Path | None = None,
 ) -> Site:
     runs, problems = collect_runs(results_dir, skip=out)
-    chosen: RunEntry | None = None
+    non_baseline = [r for r in runs if not r.is_baseline]
+    latest = (non_baseline or runs)[-1] if runs else None
+    chosen = _choose_baseline(runs, latest, baseline)
+    table = (
+        load_reference(reference)
+        if reference is not None
+        else (_run_reference(latest) if latest is not None else None)
+    )
+    site = render_site(load_page(runs, latest, chosen, table, problems))
+    write_site(site, out)
+    return site
+
+
+def _choose_baseline(
+    runs: list[RunEntry], latest: RunEntry | None, baseline: Path | None
+) -> RunEntry | None:
+    """The run given as --baseline (under the results folder or not); without one, the
+    newest baseline run with the latest run's draft length."""
     if baseline is not None:
         resolved = baseline.resolve()
         chosen = next((r for r in runs if r.path.resolve() == resolved), None)
@@ -655,20 +725,12 @@ def build_dashboard(
                 raise BenchError(f"--baseline {baseline} is not a run directory with a summary")
             chosen = extra[0]
             chosen.is_baseline = True
-    non_baseline = [r for r in runs if not r.is_baseline]
-    latest = (non_baseline or runs)[-1] if runs else None
-    if chosen is None and latest is not None:
-        candidates = [
-            r
-            for r in runs
-            if r.is_baseline and r is not latest and r.summary.draft_len == latest.summary.draft_len
-        ]
-        chosen = candidates[-1] if candidates else None
-    table = (
-        load_reference(reference)
-        if reference is not None
-        else (_run_reference(latest) if latest is not None else None)
-    )
-    site = render_site(runs, chosen, table, problems)
-    write_site(site, out)
-    return site
+        return chosen
+    if latest is None:
+        return None
+    candidates = [
+        r
+        for r in runs
+        if r.is_baseline and r is not latest and r.summary.draft_len == latest.summary.draft_len
+    ]
+    return candidates[-1] if candidates else None

@@ -123,10 +123,27 @@ def render_report(
     plots: Sequence[Path] = (),
 ) -> str:
     """report.md's text; `plots` are the charts `render_plots` wrote, linked at the end."""
-    k = summary.draft_len
-    out: list[str] = []
+    out = _headline(summary, manifest)
+    if manifest is not None:
+        out += _setup(summary, manifest)
+    if reference is not None:
+        out += _against(summary, reference)
+    out += _conventions(summary)
+    out += _turn_split(summary)
+    out.append(step_detail_note(summary))
+    out += _histogram(summary)
+    out += _positions(summary)
+    out.append(speed_section(summary))
+    out += _signals_and_failures(summary)
+    for plot in plots:  # only the charts that were written
+        out.append(f"![{PLOT_CAPTIONS.get(plot.name, plot.stem)}](plots/{plot.name})\n")
+    return "\n".join(out)
+
+
+def _headline(summary: Summary, manifest: Manifest | None) -> list[str]:
+    """The title, warnings for an incomplete or invalid run, and the card's table."""
     title = manifest.run_id if manifest else "run"
-    out.append(f"# MT-Bench acceptance: {title}\n")
+    out = [f"# MT-Bench acceptance: {title}\n"]
     if not summary.complete:
         out.append(
             f"> **Incomplete run**: {len(summary.failed)} failed and {len(summary.missing)} "
@@ -138,59 +155,64 @@ def render_report(
         out.append("> **Invalid run**: " + " ".join(s.message for s in errors) + "\n")
     out.append(
         f"Acceptance length (tokens per step, prefill steps included, per-question mean; "
-        f'the model cards\' "acceptance rate") at draft length {k}.\n'
+        f'the model cards\' "acceptance rate") at draft length {summary.draft_len}.\n'
     )
     out.append(card_table(summary) + "\n")
+    return out
 
-    if manifest is not None:
-        c = manifest.config
-        engine = manifest.engine.name if manifest.engine else c.engine.kind
-        out.append("## Setup\n")
-        out.append(
-            "| | |\n|---|---|\n"
-            f"| target | {c.target.name} |\n| engine | {engine} |\n"
-            f"| draft length | {k} |\n| temperature | {c.sampling.temperature} |\n"
-            f"| max tokens per turn | {c.sampling.max_tokens} |\n"
-            f"| reasoning effort | {c.conversation.reasoning_effort} "
-            f"(template uses it: {manifest.chat_template.reasoning_effort_used if manifest.chat_template else '?'}) |\n"
-            f"| turn-2 history | {c.conversation.turn2_history} |\n"
-            f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
-            f"| methodology | v{summary.methodology_version} |\n"
-        )
 
-    if reference is not None:
-        out.append(f"## Against {reference.name}\n")
-        out.append(
-            f"Reference: {reference.source} (draft length {reference.draft_len}; "
-            f"{reference.setup}). Δ = this run − reference.\n"
-        )
-        out.append(
-            "| Category | this run | 95 % CI | reference | Δ | Δ % |\n|---|---|---|---|---|---|"
-        )
-        for name, group in _rows(summary):
-            ref = lookup(reference, name)
-            mine = group.acceptance_length
-            if ref is None or mine is None:
-                delta = rel = "–"
-            else:
-                delta = f"{mine - ref:+.3f}"
-                rel = f"{(mine - ref) / ref:+.1%}"
-            out.append(
-                f"| {name} | {fmt(mine)} | {fmt_ci(group.ci95)} | {fmt(ref)} | {delta} | {rel} |"
-            )
-        out.append("")
+def _setup(summary: Summary, manifest: Manifest) -> list[str]:
+    c = manifest.config
+    engine = manifest.engine.name if manifest.engine else c.engine.kind
+    template = manifest.chat_template
+    effort_used = template.reasoning_effort_used if template else "?"
+    return [
+        "## Setup\n",
+        "| | |\n|---|---|\n"
+        f"| target | {c.target.name} |\n| engine | {engine} |\n"
+        f"| draft length | {summary.draft_len} |\n| temperature | {c.sampling.temperature} |\n"
+        f"| max tokens per turn | {c.sampling.max_tokens} |\n"
+        f"| reasoning effort | {c.conversation.reasoning_effort} "
+        f"(template uses it: {effort_used}) |\n"
+        f"| turn-2 history | {c.conversation.turn2_history} |\n"
+        f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
+        f"| methodology | v{summary.methodology_version} |\n",
+    ]
 
-    out.append("## Other conventions\n")
-    out.append(
+
+def _against(summary: Summary, reference: ReferenceTable) -> list[str]:
+    """This run's card AL beside the reference table's, category by category."""
+    out = [
+        f"## Against {reference.name}\n",
+        f"Reference: {reference.source} (draft length {reference.draft_len}; "
+        f"{reference.setup}). Δ = this run − reference.\n",
+        "| Category | this run | 95 % CI | reference | Δ | Δ % |\n|---|---|---|---|---|---|",
+    ]
+    for name, group in _rows(summary):
+        ref = lookup(reference, name)
+        mine = group.acceptance_length
+        if ref is None or mine is None:
+            delta = rel = "–"
+        else:
+            delta = f"{mine - ref:+.3f}"
+            rel = f"{(mine - ref) / ref:+.1%}"
+        out.append(
+            f"| {name} | {fmt(mine)} | {fmt_ci(group.ci95)} | {fmt(ref)} | {delta} | {rel} |"
+        )
+    out.append("")
+    return out
+
+
+def _conventions(summary: Summary) -> list[str]:
+    out = [
+        "## Other conventions\n",
         "Card AL: per question Σe/steps over both turns, averaged over questions. Decode AL: "
         "the same without prefill steps. Pooled AL: Σe/Σsteps over all steps (token-weighted). "
         "Draft acceptance: Σ(e−1)/(k·decode steps); 'of proposed' divides by the drafts "
-        "the engine really proposed.\n"
-    )
-    out.append(
+        "the engine really proposed.\n",
         "| Category | card AL | 95 % CI | decode AL | pooled AL | draft acceptance | of proposed |\n"
-        "|---|---|---|---|---|---|---|"
-    )
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, g in _rows(summary):
         out.append(
             f"| {name} | {fmt(g.acceptance_length)} | {fmt_ci(g.ci95)} | {fmt(g.decode_acceptance_length)} "
@@ -198,40 +220,52 @@ def render_report(
             f"| {fmt(g.proposed_draft_acceptance_rate)} |"
         )
     out.append("")
+    return out
 
-    out.append("## Turn split\n")
-    out.append("| Category | turn 1 AL | turn 2 AL |\n|---|---|---|")
+
+def _turn_split(summary: Summary) -> list[str]:
+    out = ["## Turn split\n", "| Category | turn 1 AL | turn 2 AL |\n|---|---|---|"]
     for name, g in _rows(summary):
         out.append(
             f"| {name} | {fmt(g.turns['1'].acceptance_length)} | {fmt(g.turns['2'].acceptance_length)} |"
         )
     out.append("")
+    return out
 
-    out.append(step_detail_note(summary))
-    out.append("## Histogram (decode steps by tokens emitted)\n")
+
+def _histogram(summary: Summary) -> list[str]:
+    k = summary.draft_len
     header = " | ".join(f"e={e}" for e in range(1, k + 2))
-    out.append(f"| Category | {header} |\n|---|" + "---|" * (k + 1))
+    out = [
+        "## Histogram (decode steps by tokens emitted)\n",
+        f"| Category | {header} |\n|---|" + "---|" * (k + 1),
+    ]
     for name, g in _rows(summary):
         out.append(f"| {name} | " + " | ".join(str(c) for c in g.histogram) + " |")
     out.append("")
+    return out
 
-    out.append("## Acceptance per draft position\n")
-    out.append(
-        "Joint: share of decode steps whose first j drafts were all accepted. "
-        "Conditional: draft j accepted given drafts 1..j−1 were.\n"
-    )
+
+def _positions(summary: Summary) -> list[str]:
+    k = summary.draft_len
     positions = " | ".join(f"joint j={j} | cond j={j}" for j in range(1, k + 1))
-    out.append(f"| Category | {positions} |\n|---|" + "---|" * (2 * k))
+    out = [
+        "## Acceptance per draft position\n",
+        "Joint: share of decode steps whose first j drafts were all accepted. "
+        "Conditional: draft j accepted given drafts 1..j−1 were.\n",
+        f"| Category | {positions} |\n|---|" + "---|" * (2 * k),
+    ]
     for name, g in _rows(summary):
         cells = " | ".join(
             f"{fmt(jv)} | {fmt(cv)}" for jv, cv in zip(g.joint_acceptance, g.conditional_acceptance)
         )
         out.append(f"| {name} | {cells} |")
     out.append("")
+    return out
 
-    out.append(speed_section(summary))
 
-    out.append("## Sanity signals\n")
+def _signals_and_failures(summary: Summary) -> list[str]:
+    out = ["## Sanity signals\n"]
     for s in summary.signals:
         out.append(f"- **{s.severity}** `{s.code}`: {s.message}")
     if not summary.signals:
@@ -242,9 +276,7 @@ def render_report(
         for ref in summary.failed:
             out.append(f"- question {ref.question_id} turn {ref.turn}: {ref.error}")
         out.append("")
-    for plot in plots:  # only the charts that were written
-        out.append(f"![{PLOT_CAPTIONS.get(plot.name, plot.stem)}](plots/{plot.name})\n")
-    return "\n".join(out)
+    return out
 
 
 def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Path) -> list[Path]:

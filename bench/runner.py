@@ -280,16 +280,7 @@ def execute(
 ) -> RunOutcome:
     """Run (or resume) a benchmark and write its run directory."""
     started = time.perf_counter()
-    manifest: Manifest | None = None
-    if resume is not None:
-        run = RunDir.open(resume)
-        manifest = run.read_manifest()
-        config = manifest.config
-    else:
-        assert config is not None
-        run = RunDir(out or Path("results") / "runs" / default_run_id(config))
-        RunDir.check_can_create(run.path)
-
+    run, manifest, config = _open_run(config, out, resume)
     preflight_engine(config)
     source, questions = load_questions(config.dataset)
     if manifest is not None and [q.question_id for q in questions] != manifest.dataset.question_ids:
@@ -327,7 +318,34 @@ def execute(
             done, decode_s = _decode(session, engine, chat, config, questions, quiet)
     finally:
         asyncio.run(engine.aclose())
+    return _finish(session, config, questions, reference, done, decode_s)
 
+
+def _open_run(
+    config: RunConfig | None, out: Path | None, resume: Path | None
+) -> tuple[RunDir, Manifest | None, RunConfig]:
+    """The run directory to write: a new one (checked, not yet created), or the one to
+    resume with its manifest and the config it started with."""
+    if resume is not None:
+        run = RunDir.open(resume)
+        manifest = run.read_manifest()
+        return run, manifest, manifest.config
+    assert config is not None
+    run = RunDir(out or Path("results") / "runs" / default_run_id(config))
+    RunDir.check_can_create(run.path)
+    return run, None, config
+
+
+def _finish(
+    session: _Session,
+    config: RunConfig,
+    questions: Sequence[Question],
+    reference: ReferenceTable | None,
+    done: dict[tuple[int, int], TurnRecord],
+    decode_s: float,
+) -> RunOutcome:
+    """Summary, report and the manifest's final status from records.jsonl; the outcome."""
+    run = session.run
     records = read_records(run.records_path)
     latest = {key: r for key, r in latest_by_turn(records).items() if r.ok}
     decoded_tokens = sum(

@@ -23,21 +23,21 @@ sums drafts and accepted drafts over them as trtllm-serve does (`acceptanceLengt
 speculative step (`numGenRequests`). A prefill forward emits each joining row's first token
 and drafts nothing: all its spec-decoding counts are 0. A turn streams exactly one chunk per
 forward it takes part in, so at concurrency 1 a turn's entries are its steps, prefill first.
+
+This module holds the request shapes, the shared `Service` and a response's `Turn`, and
+needs no web framework; the routes and the command are in bench/serve_app.py, which imports
+FastAPI (an optional dependency).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench import __version__
 from bench.engines import SamplingParams
 from bench.errors import BenchError
 from bench.records import Generation
@@ -126,6 +126,10 @@ class Service:
             }
         )
 
+    def sampling(self, temperature: float, max_tokens: int, seed: int | None) -> SamplingParams:
+        """A request's sampling settings, at the served draft length."""
+        return SamplingParams(temperature, max_tokens, self.draft_len, seed)
+
     def take_iterations(self) -> list[dict[str, Any]]:
         taken, self.iterations = self.iterations, []
         return taken
@@ -164,7 +168,7 @@ class Service:
 
 
 @dataclass
-class _Turn:
+class Turn:
     """Running state of one response: what has been emitted so far."""
 
     service: Service
@@ -202,228 +206,6 @@ class _Turn:
         return len(self.token_ids) / self.steps if self.steps else 0.0
 
 
-def _sse(data: dict[str, Any]) -> str:
-    import json
-
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def create_app(service: Service) -> Any:
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-
-    app = FastAPI(title="bench serve", version=__version__)
-    app.state.service = service
-
-    class EventStream(StreamingResponse):
-        """A streamed turn that stops decoding as soon as its client goes away.
-
-        Starlette's own reaction to a disconnect is to cancel the task that iterates the
-        body, and that cancellation can be put off for the whole turn: the engine steps on
-        this loop and hands the body a new item every step, so the body is never found
-        waiting. Setting `gone` instead cancels the turn directly, which frees its row
-        within a step or two; and the body is closed however the response ends (a server
-        that reports a disconnect as a failed send abandons it mid-`yield`)."""
-
-        def __init__(self, content: AsyncIterator[str], gone: asyncio.Event) -> None:
-            super().__init__(content, media_type="text/event-stream")
-            self.gone = gone
-
-        async def listen_for_disconnect(self, receive: Any) -> None:
-            await super().listen_for_disconnect(receive)
-            self.gone.set()
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse(
-            {"object": "error", "message": message, "type": "BadRequestError", "code": status},
-            status_code=status,
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error(400, f"{where}: {first.get('msg')}")
-
-    @app.get("/health")
-    async def health() -> PlainTextResponse:
-        return PlainTextResponse("")
-
-    @app.get("/version")
-    async def version() -> dict[str, str]:
-        return {"version": __version__}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": service.model_name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "bench",
-                }
-            ],
-        }
-
-    @app.get("/metrics")
-    async def metrics() -> list[dict[str, Any]]:
-        return service.take_iterations()
-
-    def sampling(temperature: float, max_tokens: int, seed: int | None) -> SamplingParams:
-        return SamplingParams(temperature, max_tokens, service.draft_len, seed)
-
-    async def respond(
-        prompt_ids: list[int],
-        params: SamplingParams,
-        stream: bool,
-        options: StreamOptions | None,
-        make_choice: Callable[[_Turn, str, list[int], str | None], dict[str, Any]],
-        header: dict[str, Any],
-        first_chunks: list[dict[str, Any]],
-        skip_special_tokens: bool,
-    ) -> Any:
-        turn = _Turn(service, len(prompt_ids), params.max_tokens, skip_special_tokens)
-        usage_each = bool(options and options.include_usage and options.continuous_usage_stats)
-        usage_end = bool(options and options.include_usage)
-
-        gone = asyncio.Event()
-
-        async def events() -> AsyncIterator[str]:
-            for choice in first_chunks:
-                usage = {**turn.usage(), "completion_tokens": 0} if usage_each else None
-                yield _sse({**header, "choices": [choice], "usage": usage})
-            async with aclosing(service.steps(prompt_ids, params, gone)) as items:
-                async for item in items:
-                    if isinstance(item, Generation):
-                        continue  # [DONE] follows
-                    delta, finish = turn.advance(item)
-                    choice = make_choice(turn, delta, item, finish)
-                    yield _sse(
-                        {
-                            **header,
-                            "choices": [choice],
-                            "usage": turn.usage() if usage_each else None,
-                        }
-                    )
-            if usage_end:
-                yield _sse({**header, "choices": [], "usage": turn.usage()})
-            yield "data: [DONE]\n\n"
-
-        if stream:
-            return EventStream(events(), gone)
-        finish = None
-        async with aclosing(service.steps(prompt_ids, params)) as items:
-            async for item in items:
-                if not isinstance(item, Generation):
-                    _, finish = turn.advance(item)
-        choice = make_choice(turn, turn.text, turn.token_ids, finish)
-        return {**header, "choices": [choice], "usage": turn.usage()}
-
-    @app.post("/v1/completions", response_model=None)
-    async def completions(request: CompletionRequest) -> Any:
-        if isinstance(request.prompt, str):
-            prompt_ids = service.chat.tokenizer(
-                request.prompt, add_special_tokens=request.add_special_tokens
-            )["input_ids"]
-        else:
-            prompt_ids = list(request.prompt)
-        if not prompt_ids:
-            return error(400, "prompt is empty")
-        with_ids = request.return_token_ids or not request.detokenize
-
-        def choice(turn: _Turn, delta: str, ids: list[int], finish: str | None) -> dict:
-            return {
-                "index": 0,
-                "text": delta if request.detokenize else "",
-                "token_ids": list(ids) if with_ids else None,
-                "logprobs": None,
-                "finish_reason": finish,
-                "stop_reason": None,
-                "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter(),
-            }
-
-        header = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": service.model_name,
-        }
-        params = sampling(request.temperature, request.max_tokens, request.seed)
-        return await respond(
-            prompt_ids,
-            params,
-            request.stream,
-            request.stream_options,
-            choice,
-            header,
-            [],
-            request.skip_special_tokens,
-        )
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: ChatRequest) -> Any:
-        kwargs = dict(service.chat.config.chat_template_kwargs)
-        kwargs.update(request.chat_template_kwargs or {})
-        try:
-            text = service.chat.tokenizer.apply_chat_template(
-                request.messages, tokenize=False, add_generation_prompt=True, **kwargs
-            )
-        except Exception as err:  # the model's own jinja template
-            return error(400, f"the chat template failed: {err}")
-        prompt_ids = service.chat.tokenizer(text, add_special_tokens=False)["input_ids"]
-        max_tokens = request.max_completion_tokens or request.max_tokens or 16
-
-        def choice(turn: _Turn, delta: str, ids: list[int], finish: str | None) -> dict:
-            return {
-                "index": 0,
-                "delta": {"content": delta},
-                "logprobs": None,
-                "finish_reason": finish,
-                "avg_decoded_tokens_per_iter": turn.avg_decoded_tokens_per_iter(),
-            }
-
-        header = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": service.model_name,
-        }
-        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        params = sampling(request.temperature, max_tokens, request.seed)
-        response = await respond(
-            prompt_ids,
-            params,
-            request.stream,
-            request.stream_options,
-            choice,
-            header,
-            [role],
-            request.skip_special_tokens,
-        )
-        if isinstance(response, dict):  # not streamed: a message, not a delta
-            only = response["choices"][0]
-            response["object"] = "chat.completion"
-            response["choices"] = [
-                {
-                    "index": 0,
-                    "finish_reason": only["finish_reason"],
-                    "message": {"role": "assistant", "content": only["delta"]["content"]},
-                }
-            ]
-        return response
-
-    return app
-
-
 def build_service(config_path: str | None, draft_len: int | None) -> Service:
     """The reference engine of a config, ready to serve."""
     from bench.config import load_config
@@ -443,25 +225,3 @@ def build_service(config_path: str | None, draft_len: int | None) -> Service:
     )
     engine.on_iteration = service.record_iteration
     return service
-
-
-def serve(config_path: str | None, host: str, port: int, draft_len: int | None) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise BenchError(
-            "bench serve needs fastapi and uvicorn: pip install 'bench[serve]'"
-        ) from None
-    import sys
-
-    if not sys.stderr.isatty():
-        from bench.runner import quiet_libraries
-
-        quiet_libraries()
-    service = build_service(config_path, draft_len)
-    print(
-        f"serving {service.model_name} (reference engine, draft length {service.draft_len}) "
-        f"at http://{host}:{port}/v1",
-        flush=True,
-    )
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

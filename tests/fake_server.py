@@ -198,7 +198,8 @@ class ThreadedServer:
 
 
 def scripted_app(folder: Path, draft_len: int, **engine_kwargs: Any) -> Any:
-    from bench.serve import Service, create_app
+    from bench.serve import Service
+    from bench.serve_app import create_app
 
     chat = chat_format(folder)
     engine = ScriptedEngine(chat, **engine_kwargs)

@@ -278,22 +278,23 @@ def test_unusable_inputs_exit_2(make_run, tmp_path, capsys):
     text = tmp_path / "table.txt"
     text.write_text("x")
     cases = [
-        [str(tmp_path / "missing"), good],
-        [str(not_run), good],
-        [str(broken), good],
-        [str(invalid), good],
-        [str(no_summary), good],
-        [str(text), good],
-        [good, good, "--allow", "colour"],
-        [good, good, "--gate", str(bad_gate)],
-        [good, good, "--gate", str(unknown_cat)],
-        [good, good, "--tolerance", "-0.1"],
+        ([str(tmp_path / "missing"), good], "missing does not exist (expected a run directory"),
+        ([str(not_run), good], "empty is not a run directory (no manifest.json)"),
+        ([str(broken), good], "broken.json is not valid JSON"),
+        ([str(invalid), good], "invalid.json: draft_len: Input should be a valid integer"),
+        ([str(no_summary), good], "nosummary has no summary.json; build it with"),
+        ([str(text), good], "table.txt is neither a run directory, a .json summary nor a .yaml"),
+        ([good, good, "--allow", "colour"], "--allow takes draft_len, temperature"),
+        ([good, good, "--gate", str(bad_gate)], "gate.yaml: tolerence: Extra inputs are not"),
+        ([good, good, "--gate", str(unknown_cat)], "unknown categories in the gate's tolerances"),
+        ([good, good, "--tolerance", "-0.1"], "--tolerance must not be negative"),
     ]
-    for args in cases:
+    for args, fragment in cases:
         capsys.readouterr()
         assert main(["compare", *args, "--out", str(tmp_path / "o")]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert fragment in err, (fragment, err)
 
 
 # --- the committed CPU baseline ----------------------------------------------------------

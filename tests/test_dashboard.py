@@ -121,6 +121,7 @@ def test_no_runs_is_unusable_input(tmp_path, capsys):
     assert main(["dashboard", str(tmp_path / "empty")]) == 2
     assert "no run directories" in capsys.readouterr().err
     assert main(["dashboard", str(tmp_path / "absent")]) == 2
+    assert "absent is not a folder" in capsys.readouterr().err
 
 
 # --- the page in a real browser ----------------------------------------------------------

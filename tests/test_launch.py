@@ -124,7 +124,7 @@ def test_health_never_ready_shows_the_log_tail_and_stops(tmp_path):
         command=[
             sys.executable,
             "-c",
-            "import time; print('loading weights', flush=True); time.sleep(60)",
+            "import threading; print('loading weights', flush=True); threading.Event().wait()",
             "{draft_len}",
         ],
         health_timeout_s=1.5,
@@ -133,6 +133,12 @@ def test_health_never_ready_shows_the_log_tail_and_stops(tmp_path):
     server = LaunchedServer(launch, f"http://127.0.0.1:{free_port()}", 3)
     server.start()
     process = server.process
+    # The health deadline starts at wait_healthy: wait first (however slowly the machine
+    # starts Python) for the line the error must show; the server itself never gets ready.
+    deadline = time.monotonic() + 120
+    while b"loading weights" not in server.log_path.read_bytes():
+        assert process.poll() is None and time.monotonic() < deadline, "no log line"
+        time.sleep(0.1)
     with pytest.raises(
         BenchError, match="(?s)did not answer .*/health within 2 s.*loading weights"
     ):

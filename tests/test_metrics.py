@@ -150,7 +150,7 @@ def test_step_positions_and_decode_al_by_position_on_the_worked_example():
     # [0,4): e=4 (t1), 4 (t2); [4,8): 2, 1 (t1), 4 (t2); [8,12): 3 (t1), 2 (t2).
     assert [(b.start_tokens, b.decode_steps) for b in buckets] == [(0, 2), (4, 3), (8, 2)]
     assert [b.decode_acceptance_length for b in buckets] == pytest.approx([8 / 2, 7 / 3, 5 / 2])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bucket_tokens must be at least 1"):
         decode_acceptance_length_by_position([], bucket_tokens=0)
 
 

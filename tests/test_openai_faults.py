@@ -1,11 +1,15 @@
 """Faults of the server path, against a deliberately broken local server: each request
 takes the next behaviour of a plan. Retries where a turn can be redone, a clear error
-where it cannot, failed turns recorded (never averaged in) and picked up by --resume."""
+where it cannot, failed turns recorded (never averaged in) and picked up by --resume.
+
+A "slow" response holds back its body until the test ends (an Event the test sets only at
+teardown), so the client's read timeout fires however loaded the machine is."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -33,7 +37,7 @@ def chunk(ids: list[int], total: int, finish: str | None) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def broken_app(plan: list[str], seen: list[str]) -> Any:
+def broken_app(plan: list[str], seen: list[str], release: threading.Event) -> Any:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -55,8 +59,8 @@ def broken_app(plan: list[str], seen: list[str]) -> Any:
         async def events():
             total = 0
             steps = {"exceed": [[6], [7, 8, 9, 10, 11]], "empty": []}.get(behaviour, GOOD_STEPS)
-            if behaviour == "slow":
-                await asyncio.sleep(3)
+            while behaviour == "slow" and not release.is_set():  # until teardown
+                await asyncio.sleep(0.05)
             for i, ids in enumerate(steps):
                 if behaviour == "cut" and i == 2:
                     raise RuntimeError("connection dropped mid-turn")
@@ -78,9 +82,13 @@ def broken_app(plan: list[str], seen: list[str]) -> Any:
 def broken(tokenizer_dir):
     plan: list[str] = ["ok"]
     seen: list[str] = []
-    with ThreadedServer(broken_app(plan, seen)) as server:
+    release = threading.Event()
+    with ThreadedServer(broken_app(plan, seen, release)) as server:
         server.plan, server.seen = plan, seen
-        yield server
+        try:
+            yield server
+        finally:
+            release.set()  # a held-back response ends, so the server can stop
 
 
 def engine_for(server, write_config, tokenizer_dir, **extra) -> OpenAIEngine:
@@ -88,7 +96,7 @@ def engine_for(server, write_config, tokenizer_dir, **extra) -> OpenAIEngine:
         "kind": "openai",
         "base_url": server.url,
         "backoff_s": 0.01,
-        "read_timeout_s": 1.0,
+        "read_timeout_s": 60.0,  # generous: only the held-back response should time out
         **extra,
     }
     return OpenAIEngine(load_config(write_config(engine)), chat_format(tokenizer_dir))
@@ -98,13 +106,26 @@ def generate(engine: OpenAIEngine):
     return asyncio.run(engine.generate([3, 4, 5], SamplingParams(0.0, 6, 3)))
 
 
-@pytest.mark.parametrize("fault", ["503", "429", "cut", "malformed", "slow", "no_finish"])
-def test_retryable_fault_then_success(broken, write_config, tokenizer_dir, fault):
+@pytest.mark.parametrize(
+    ("fault", "retried_because"),
+    [
+        ("503", "HTTP 503 from /v1/completions"),
+        ("429", "HTTP 429 from /v1/completions"),
+        ("cut", "connection failed or cut"),
+        ("malformed", "malformed JSON in the stream"),
+        ("slow", "timed out (ReadTimeout)"),
+        ("no_finish", "the stream ended after 3 chunks without a finish"),
+    ],
+)
+def test_retryable_fault_then_success(broken, write_config, tokenizer_dir, fault, retried_because):
     broken.plan[:] = [fault, "ok"]
-    generation = generate(engine_for(broken, write_config, tokenizer_dir))
+    # A held-back response never comes, so any short timeout finds it; the others answer.
+    timeout = {"read_timeout_s": 2.0} if fault == "slow" else {}
+    generation = generate(engine_for(broken, write_config, tokenizer_dir, **timeout))
     assert generation.steps == [1, 2, 3]
     assert broken.seen == [fault, "ok"]
-    assert len(generation.engine_counters["retried"]) == 1
+    [retried] = generation.engine_counters["retried"]
+    assert retried.startswith("attempt 1: ") and retried_because in retried
 
 
 def test_bounded_retries_then_failed_turn(broken, write_config, tokenizer_dir):
@@ -131,7 +152,7 @@ def test_client_error_first_is_fatal_later_is_a_failed_turn(broken, write_config
     with pytest.raises(TurnFault, match="HTTP 400"):
         generate(engine)
     broken.plan[:] = ["404"]  # wrong path or model: fatal at any time
-    with pytest.raises(BenchError):
+    with pytest.raises(BenchError, match="rejected the request \\(HTTP 404"):
         generate(engine)
 
 

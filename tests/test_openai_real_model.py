@@ -28,7 +28,8 @@ COMPARED = (
 
 @pytest.mark.slow
 def test_openai_engine_against_bench_serve_equals_reference_engine(tmp_path, monkeypatch):
-    from bench.serve import build_service, create_app
+    from bench.serve import build_service
+    from bench.serve_app import create_app
 
     service = build_service(None, draft_len=3)
     settings = {"dataset.limit": 2, "sampling.max_tokens": 24, "draft_len": 3}

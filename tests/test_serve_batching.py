@@ -48,7 +48,8 @@ def test_concurrent_requests_share_forwards_and_match_alone():
     import httpx2
     import torch
 
-    from bench.serve import build_service, create_app
+    from bench.serve import build_service
+    from bench.serve_app import create_app
 
     service = build_service(None, draft_len=3)
     torch.set_num_threads(1)  # a shared machine: the test needs no speed
