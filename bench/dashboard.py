@@ -37,6 +37,7 @@ from bench.records import latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
 from bench.report import step_detail_note
 from bench.rundir import Manifest, RunDir, manifest_reference, write_text_atomic
+from bench.sweep import SweepResult
 from bench.tables import fmt, fmt_ci, lookup
 
 EXCERPT_CHARS = 160
@@ -80,6 +81,8 @@ def collect_runs(results_dir: Path, skip: Path | None = None) -> tuple[list[RunE
         folder = manifest_path.parent
         if skip is not None and folder.resolve().is_relative_to(skip):
             continue
+        if _in_sweep(folder, results_dir):  # a sweep's cells are shown as the sweep
+            continue
         run = RunDir(folder)
         if not run.summary_path.is_file():
             problems.append(f"{folder}: no summary.json (python -m bench report {folder})")
@@ -101,6 +104,59 @@ def collect_runs(results_dir: Path, skip: Path | None = None) -> tuple[list[RunE
         used.add(slug)
         entry.slug = slug
     return runs, problems
+
+
+def _in_sweep(folder: Path, results_dir: Path) -> bool:
+    """Whether `folder` is a cell of a `bench sweep` folder under `results_dir`."""
+    for parent in folder.parents:
+        if (parent / "sweep-settings.json").is_file():
+            return True
+        if parent == results_dir:
+            return False
+    return False
+
+
+def latest_sweep(results_dir: Path) -> tuple[Path, SweepResult] | None:
+    """The newest `bench sweep` folder under `results_dir` (by its sweep.json), read."""
+    from bench.sweep import read_sweep
+
+    found = sorted(results_dir.rglob("sweep.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(found):
+        try:
+            return path.parent, read_sweep(path.parent)
+        except (BenchError, ValueError):
+            continue
+    return None
+
+
+def sweep_chart(sweep: SweepResult) -> str:
+    """Speedup over speculation off against draft length, one line per concurrency."""
+    ks = sorted({c.draft_len for c in sweep.cells if c.draft_len > 0})
+    values = [c.speedup for c in sweep.cells if c.speedup is not None]
+    values += [x for c in sweep.cells if c.speedup_ci95 for x in c.speedup_ci95]
+    low, high = (min([*values, 1.0]), max([*values, 1.0])) if values else (0.5, 1.5)
+    pad = max(0.05, (high - low) * 0.1)
+    plot = Plot(
+        "Speedup over speculation off", [f"k={k}" for k in ks], low - pad, high + pad, "speedup"
+    )
+    plot.hline(1.0, SERIES_COLORS["reference"], "2,3", "speculation off: 1.0")
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3"]
+    for i, concurrency in enumerate(sweep.settings.concurrencies):
+        color = colors[i % len(colors)]
+        by_k = {c.draft_len: c for c in sweep.cells if c.concurrency == concurrency}
+        plot.line(
+            [by_k[k].speedup if k in by_k else None for k in ks],
+            color,
+            "",
+            f"concurrency {concurrency}",
+        )
+        for slot, k in enumerate(ks):
+            cell = by_k.get(k)
+            if cell is not None and cell.speedup is not None:
+                tip = f"k={k}, concurrency {concurrency}: {cell.speedup:.3f}"
+                plot.point(slot, cell.speedup, cell.speedup_ci95, color, tip)
+        plot.add_legend(f"concurrency {concurrency}", color)
+    return plot.render()
 
 
 def _excerpts(entry: RunEntry) -> dict[int, str]:
@@ -374,6 +430,8 @@ class Page:
     """Question id -> start of the latest run's turn-1 answer."""
     problems: list[str]
     """Folders that look like runs but could not be read."""
+    sweep: tuple[Path, SweepResult] | None = None
+    """The newest `bench sweep` under the results folder, and where it is."""
 
 
 def load_page(
@@ -536,6 +594,7 @@ def render_site(page: Page) -> Site:
             _table(LATEST_HEADER, [[esc(c) for c in cells] for cells in rows], "latest-table"),
             _gate_html(page.gate, "baseline"),
             *_html_charts(page),
+            *_html_sweep(page),
             *_html_runs(page),
             *_html_questions(page),
             "</body></html>",
@@ -592,6 +651,19 @@ def _html_charts(page: Page) -> list[str]:
     h.append("</div>")
     if s.overall is not None:
         h.append(f"<p class=note>{esc(step_detail_note(s).strip())}</p>")
+    return h
+
+
+def _html_sweep(page: Page) -> list[str]:
+    """The newest sweep: its recommendation per concurrency and the speedup curves."""
+    if page.sweep is None:
+        return []
+    folder, sweep = page.sweep
+    h = [f"<h2>Latest sweep <span class=muted>{esc(folder.name)}</span></h2><ul>"]
+    h += [f"<li>{esc(r.message)}</li>" for r in sweep.recommendations]
+    h.append("</ul>")
+    h += [f"<p class=bad>{esc(w)}</p>" for w in sweep.warnings]
+    h.append(f"<div class=charts>{sweep_chart(sweep)}</div>")
     return h
 
 
@@ -657,6 +729,9 @@ def _markdown(page: Page, rows: list[list[str]]) -> str:
             else "; ".join(md_escape(c.message) for c in gate.failures)
         )
         md.append("\n**Gate against the baseline:** " + verdict)
+    if page.sweep is not None:
+        md.append(f"\n### Latest sweep `{md_escape(page.sweep[0].name)}`\n")
+        md += [f"- {md_escape(r.message)}" for r in page.sweep[1].recommendations]
     md += [
         "\n### All runs\n",
         "| " + " | ".join(RUNS_HEADER) + " |",
@@ -706,7 +781,9 @@ def build_dashboard(
         if reference is not None
         else (_run_reference(latest) if latest is not None else None)
     )
-    site = render_site(load_page(runs, latest, chosen, table, problems))
+    page = load_page(runs, latest, chosen, table, problems)
+    page.sweep = latest_sweep(results_dir)
+    site = render_site(page)
     write_site(site, out)
     return site
 

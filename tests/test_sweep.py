@@ -115,3 +115,27 @@ def test_sweep_runs_resumes_refuses_other_settings_and_every_cell_is_lossless(tm
 
     with pytest.raises(BenchError, match="holds another sweep's settings"):
         run_sweep(base, [0, 3], [1, 2], out, quiet=True)
+
+
+def test_dashboard_shows_the_newest_sweep_and_not_its_cells_as_runs(tmp_path, make_run):
+    from bench.dashboard import build_dashboard
+    from bench.rundir import write_text_atomic
+    from bench.sweep import SweepResult, SweepSettings, recommend
+
+    root = tmp_path / "results"
+    make_run("run-a", root=root / "runs", started_at="2026-11-28T08:00:00+00:00")
+    sweep_dir = root / "sweeps" / "s1"
+    settings = SweepSettings(base={"name": "x"}, draft_lens=[0, 1, 2], concurrencies=[1])
+    (sweep_dir / "cells").mkdir(parents=True)
+    write_text_atomic(sweep_dir / "sweep-settings.json", settings.model_dump_json())
+    make_run("k0-c1", root=sweep_dir / "cells", started_at="2026-11-29T08:00:00+00:00")
+    cells = [cell(0, None), cell(1, 1.2, (1.1, 1.3)), cell(2, 1.4, (1.3, 1.5))]
+    result = SweepResult(
+        settings=settings, cells=cells, recommendations=[recommend(1, cells)], warnings=[]
+    )
+    write_text_atomic(sweep_dir / "sweep.json", result.model_dump_json())
+    site = build_dashboard(root, tmp_path / "dash")
+    assert [r.run_id for r in site.runs] == ["run-a"]  # the cell is not a run of its own
+    assert "Latest sweep" in site.index_html and "draft length 2 (1.400x" in site.index_html
+    assert "Speedup over speculation off" in site.index_html
+    assert "### Latest sweep `s1`" in site.markdown
