@@ -319,6 +319,8 @@ def categories_frame(runs: Sequence[Run]) -> pd.DataFrame:
         "steps",
         "decode_steps",
         "output_tokens",
+        "turn_count",
+        "step_detail_turns",
     )
     rows = []
     for run in runs:
@@ -336,7 +338,9 @@ def categories_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 def histogram_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """Long form of the summary's histograms: run × category × turn ("all", "1", "2") ×
-    e, with `decode_steps` (the count) and `share` of the group's decode steps."""
+    e, with `decode_steps` (the count) and `share` of the group's decode steps, and
+    `step_detail_turns` of `turn_count`: the turns with real per-step detail the histogram
+    rests on (none for a totals-only engine such as llama.cpp)."""
     rows = []
     for run in runs:
         for category, group in _groups(run.summary):
@@ -351,6 +355,8 @@ def histogram_frame(runs: Sequence[Run]) -> pd.DataFrame:
                             "e": index + 1,
                             "decode_steps": count,
                             "share": count / total if total else None,
+                            "step_detail_turns": block.step_detail_turns,
+                            "turn_count": block.turn_count,
                         }
                     )
     return pd.DataFrame(rows)
@@ -358,7 +364,7 @@ def histogram_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 def positions_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """Long form of the summary's joint and conditional acceptance: run × category × turn
-    × draft position j = 1..k."""
+    × draft position j = 1..k, with `step_detail_turns` of `turn_count` they rest on."""
     rows = []
     for run in runs:
         for category, group in _groups(run.summary):
@@ -373,6 +379,8 @@ def positions_frame(runs: Sequence[Run]) -> pd.DataFrame:
                             "position": j,
                             "joint": joint,
                             "conditional": conditional,
+                            "step_detail_turns": block.step_detail_turns,
+                            "turn_count": block.turn_count,
                         }
                     )
     return pd.DataFrame(rows)
