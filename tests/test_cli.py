@@ -38,7 +38,7 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, fragment: str) -
     ("args", "fragment"),
     [
         (["--config", "no/such.yaml"], "config file no/such.yaml does not exist"),
-        (["--draft-len", "0"], "draft_len: Input should be greater than or equal to 1"),
+        (["--draft-len", "-1"], "draft_len: Input should be greater than or equal to 0"),
         (["--categories", "poetry"], "unknown categories ['poetry']"),
         (["--questions", "no/such.jsonl"], "does not exist"),
         (["--limit", "0"], "dataset.limit"),

@@ -22,8 +22,9 @@ def test_default_config_is_the_embedded_cpu_model():
 def test_overrides_win_and_are_validated():
     config = load_config(None, {"draft_len": 5, "sampling.max_tokens": 64, "dataset.limit": 8})
     assert (config.draft_len, config.sampling.max_tokens, config.dataset.limit) == (5, 64, 8)
-    with pytest.raises(BenchError, match="draft_len: Input should be greater than or equal to 1"):
-        load_config(None, {"draft_len": 0})
+    with pytest.raises(BenchError, match="draft_len: Input should be greater than or equal to 0"):
+        load_config(None, {"draft_len": -1})
+    assert load_config(None, {"draft_len": 0}).draft_len == 0  # speculation off
     with pytest.raises(BenchError, match="sampling.temperature"):
         load_config(None, {"sampling.temperature": -1.0})
 
@@ -60,7 +61,7 @@ def test_quantization_is_off_by_default_and_set_by_override():
         ("name: x\ntarget: {name: t, path: /m}\nbogus: 1", "bogus: Extra inputs are not permitted"),
         ("name: x\ntarget: {name: t}", "target needs exactly one of wheel, path or hf_id"),
         ("name: x\ntarget: {name: t, hf_id: a/b}\nengine: {kind: magic}", "engine"),
-        ("name: x\ntarget: {name: t, hf_id: a/b}\ndraft_len: 0", "draft_len"),
+        ("name: x\ntarget: {name: t, hf_id: a/b}\ndraft_len: -2", "draft_len"),
         (f"{QUANTIZED[:-1]}, dtype: bfloat16}}", "set target.dtype to float32"),
         (f"{QUANTIZED}\nengine: {{kind: reference, device: cuda}}", "runs on the CPU only"),
         (f"{QUANTIZED}\nengine: {{kind: openai}}", "applies to the reference engine only"),
