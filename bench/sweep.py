@@ -31,7 +31,7 @@ from bench.errors import BenchError
 from bench.metrics import Summary, predicted_decode_acceptance_length
 from bench.rundir import Manifest, RunDir, write_text_atomic
 from bench.speed import speed_rows, throughput_speedup
-from bench.tables import OVERALL, fmt, fmt_ci, lookup
+from bench.tables import OVERALL, fmt, lookup
 
 SWEEP_SCHEMA_VERSION = 1
 ORDER = (
@@ -427,12 +427,13 @@ def render_report(result: SweepResult) -> str:
             else "–"
         )
         out.append(
-            f"| {c.draft_len} | {c.concurrency} | {fmt(c.acceptance_length)} "
-            f"{fmt_ci(c.acceptance_length_ci95)} | {fmt(c.decode_acceptance_length)} "
-            f"| {predicted} | {fmt(c.tokens_per_s, '.1f')} {fmt_ci(c.tokens_per_s_ci95)} "
+            f"| {c.draft_len} | {c.concurrency} "
+            f"| {_with_ci(c.acceptance_length, c.acceptance_length_ci95)} "
+            f"| {fmt(c.decode_acceptance_length)} "
+            f"| {predicted} | {_with_ci(c.tokens_per_s, c.tokens_per_s_ci95, '.1f')} "
             f"| {fmt(c.aggregate_tokens_per_s, '.1f')} "
             f"| {fmt(c.tpot_s * 1000 if c.tpot_s else None, '.1f')} "
-            f"| {fmt(c.speedup)} {fmt_ci(c.speedup_ci95)} | {fmt(c.throughput_speedup)} |"
+            f"| {_with_ci(c.speedup, c.speedup_ci95)} | {fmt(c.throughput_speedup)} |"
         )
     out.append("")
     out.append(
@@ -445,6 +446,13 @@ def render_report(result: SweepResult) -> str:
     out.append("![speedup](plots/speedup.png)\n")
     out.append("![joint acceptance per position](plots/positions.png)\n")
     return "\n".join(out)
+
+
+def _with_ci(value: float | None, ci: tuple[float, float] | None, spec: str = ".3f") -> str:
+    """A figure and its interval in one cell; "–" alone when there is no figure."""
+    if value is None:
+        return "–"
+    return fmt(value, spec) + ("" if ci is None else f" [{ci[0]:{spec}}, {ci[1]:{spec}}]")
 
 
 def render_plots(out: Path, result: SweepResult) -> list[Path]:
