@@ -87,6 +87,15 @@ def conditional_acceptance(hist: Sequence[int]) -> list[float | None]:
     return rates
 
 
+def pooled_decode_acceptance_length(block: RateBlock) -> float | None:
+    """Σ decode tokens / Σ decode steps over a group: each turn's first token (the prefill
+    step's) left out of both. What `predicted_decode_acceptance_length` predicts."""
+    if not block.decode_steps:
+        return None
+    prefill = block.steps - block.decode_steps
+    return (block.output_tokens - prefill) / block.decode_steps
+
+
 def predicted_decode_acceptance_length(
     joint: Sequence[float | None], draft_len: int
 ) -> float | None:
@@ -553,8 +562,7 @@ def sanity_signals(
     # A speculation-off run (draft length 0, the speed baseline) emits one token per step
     # by design: neither check below applies to it.
     if draft_len >= 1 and overall is not None and overall.decode_steps:
-        prefill = overall.steps - overall.decode_steps
-        decode_al = (overall.output_tokens - prefill) / overall.decode_steps
+        decode_al = pooled_decode_acceptance_length(overall) or 1.0
         if decode_al < 1.01:
             signals.append(
                 Signal(

@@ -28,7 +28,11 @@ from pydantic import BaseModel, ConfigDict
 from bench.config import RunConfig
 from bench.dataset import CATEGORIES
 from bench.errors import BenchError
-from bench.metrics import Summary, predicted_decode_acceptance_length
+from bench.metrics import (
+    Summary,
+    pooled_decode_acceptance_length,
+    predicted_decode_acceptance_length,
+)
 from bench.rundir import Manifest, RunDir, write_text_atomic
 from bench.speed import speed_rows, throughput_speedup
 from bench.tables import OVERALL, fmt, lookup
@@ -295,10 +299,7 @@ def _cell(out: Path, k: int, c: int, manifest: Manifest, summary: Summary) -> Ce
     overall = summary.overall
     speed = summary.speed.overall if summary.speed is not None else None
     aggregate = summary.speed.aggregate if summary.speed is not None else None
-    decode = None
-    if overall is not None and overall.decode_steps:
-        prefill = overall.steps - overall.decode_steps
-        decode = (overall.output_tokens - prefill) / overall.decode_steps
+    decode = pooled_decode_acceptance_length(overall) if overall is not None else None
     return Cell(
         draft_len=k,
         concurrency=c,
