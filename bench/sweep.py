@@ -43,8 +43,8 @@ ORDER = (
     "so the speculation-off cell (draft length 0) that its speedups divide by runs first"
 )
 LOAD_CHANGE = 0.5
-"""Warn when the machine's 1-minute load average per core moved by more than this between
-the first cell's start and the last cell's end."""
+"""Warn when the machine's 1-minute load average per core, read at the end of each cell
+(the sweep's own work included), moved by more than this across the cells."""
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -388,14 +388,17 @@ def _warnings(settings: SweepSettings, loaded: dict[tuple[int, int], tuple[Manif
     loads = []
     for k, c in cell_order(settings.draft_lens, settings.concurrencies):
         timing = loaded[(k, c)][0].timing if (k, c) in loaded else None
+        # At each cell's end, while the sweep itself keeps the machine busy: the load
+        # before the first cell (idle) would count the sweep's own work as a change.
         for session in timing.sessions if timing is not None else []:
-            loads += [m for m in (session.load_start, session.load_end) if m is not None]
+            loads += [session.load_end] if session.load_end is not None else []
     per_core = [
         m.loadavg[0] / (m.cpu_count or 1) for m in loads if m.loadavg is not None and m.cpu_count
     ]
     if per_core and max(per_core) - min(per_core) > LOAD_CHANGE:
         warnings.append(
-            f"the machine's load changed during the sweep (1-minute load per core from "
+            f"the machine's load changed during the sweep (1-minute load per core at the cells' "
+            f"ends from "
             f"{min(per_core):.2f} to {max(per_core):.2f}): speedups compare cells run under "
             "different conditions"
         )
@@ -482,6 +485,7 @@ def render_plots(out: Path, result: SweepResult) -> list[Path]:
             group = lookup(loaded[1], name) if loaded is not None else None
             values.append(group.acceptance_length if group else float("nan"))
         ax.plot(ks, values, marker="o", label=name, linewidth=2.5 if name == OVERALL else 1)
+    ax.set_xticks(ks)
     ax.set_xlabel("draft length k")
     ax.set_ylabel("card AL (tokens per step)")
     ax.set_title(f"Acceptance length by draft length (concurrency {lowest})")
@@ -502,6 +506,7 @@ def render_plots(out: Path, result: SweepResult) -> list[Path]:
         high = [(x.speedup_ci95 or (y, y))[1] - y for x, y in zip(cells, ys)]
         ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=f"concurrency {c}")
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(sorted({x.draft_len for x in result.cells if x.draft_len > 0}))
     ax.set_xlabel("draft length k")
     ax.set_ylabel("speedup over speculation off")
     ax.set_title("Latency speedup by draft length")
