@@ -37,7 +37,7 @@ from bench.records import latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
 from bench.report import step_detail_note
 from bench.rundir import Manifest, RunDir, manifest_reference, write_text_atomic
-from bench.sweep import SweepResult
+from bench.sweep import SweepResult, find_sweeps, read_sweep
 from bench.tables import fmt, fmt_ci, lookup
 
 EXCERPT_CHARS = 160
@@ -117,13 +117,10 @@ def _in_sweep(folder: Path, results_dir: Path) -> bool:
 
 
 def latest_sweep(results_dir: Path) -> tuple[Path, SweepResult] | None:
-    """The newest `bench sweep` folder under `results_dir` (by its sweep.json), read."""
-    from bench.sweep import read_sweep
-
-    found = sorted(results_dir.rglob("sweep.json"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(found):
+    """The newest readable `bench sweep` folder under `results_dir`, read."""
+    for folder in reversed(find_sweeps(results_dir)):
         try:
-            return path.parent, read_sweep(path.parent)
+            return folder, read_sweep(folder)
         except (BenchError, ValueError):
             continue
     return None

@@ -84,11 +84,7 @@ def cell_config(base: RunConfig, draft_len: int, concurrency: int) -> RunConfig:
     update: dict[str, Any] = {"draft_len": draft_len, "concurrency": concurrency}
     if base.engine.kind == "reference":
         update["engine"] = base.engine.model_copy(update={"batch_size": concurrency})
-    return RunConfig.model_validate({**base.model_dump(), **_dump(update)})
-
-
-def _dump(update: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in update.items()}
+    return base.model_copy(update=update)
 
 
 def settings_of(base: RunConfig, draft_lens: Sequence[int], concurrencies: Sequence[int]):
@@ -542,6 +538,12 @@ def write_sweep(out: Path, result: SweepResult) -> None:
     render_plots(out, result)
     write_text_atomic(out / "report.md", render_report(result))
     write_text_atomic(out / "sweep.json", json.dumps(result.model_dump(mode="json"), indent=2))
+
+
+def find_sweeps(results: Path) -> list[Path]:
+    """Sweep folders (`bench sweep --out`) under `results`, oldest first by sweep.json."""
+    found = sorted(results.rglob("sweep.json"), key=lambda p: p.stat().st_mtime)
+    return [p.parent for p in found]
 
 
 def read_sweep(out: Path) -> SweepResult:

@@ -573,8 +573,9 @@ def compare_runs(runs: Sequence[Run], baseline: int | str = 0) -> pd.DataFrame:
 
 def find_sweeps(results: str | Path = "results") -> list[Path]:
     """Sweep folders (`bench sweep --out`) under `results`, oldest first by sweep.json."""
-    found = sorted(Path(results).rglob("sweep.json"), key=lambda p: p.stat().st_mtime)
-    return [p.parent for p in found]
+    from bench.sweep import find_sweeps as found
+
+    return found(Path(results))
 
 
 def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
