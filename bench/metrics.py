@@ -41,25 +41,15 @@ SUMMARY_SCHEMA_VERSION = 1
 # --- the formulas, on plain lists ------------------------------------------------------
 
 
-def acceptance_length(steps: Sequence[int]) -> float:
-    """Card AL of one question: Σ e / number of steps, prefill steps included."""
-    return sum(steps) / len(steps)
-
-
 def acceptance_length_of_totals(output_tokens: int, steps: int) -> float:
-    """Card AL from a turn's (or question's) totals: tokens / steps. Equal to
-    `acceptance_length` of its per-step counts wherever those add up to the totals."""
+    """Card AL of a turn or question: tokens / steps (= Σ e / number of steps, prefill
+    steps included, wherever its per-step counts add up to the totals)."""
     return output_tokens / steps
 
 
 def decode_steps_of(turn_steps: Sequence[int], prefill_step: bool) -> list[int]:
     """The decode steps of one turn: all but the first when the first is the prefill."""
     return list(turn_steps[1:]) if prefill_step else list(turn_steps)
-
-
-def decode_acceptance_length(decode_steps: Sequence[int]) -> float | None:
-    """Decode AL: Σ e / number of steps over decode steps only (vLLM's, Spec-Bench's)."""
-    return sum(decode_steps) / len(decode_steps) if decode_steps else None
 
 
 def histogram(decode_steps: Iterable[int], draft_len: int) -> list[int]:
@@ -112,9 +102,8 @@ def predicted_decode_acceptance_length(
 
 def draft_acceptance_rate(decode_steps: Sequence[int], draft_len: int) -> float | None:
     """Σ (e - 1) / (k × decode steps): accepted drafts over k proposed per decode step."""
-    if not decode_steps or draft_len < 1:
-        return None
-    return sum(e - 1 for e in decode_steps) / (draft_len * len(decode_steps))
+    accepted = sum(e - 1 for e in decode_steps)
+    return draft_acceptance_rate_of_totals(accepted, len(decode_steps), draft_len)
 
 
 def draft_acceptance_rate_of_totals(
@@ -125,14 +114,6 @@ def draft_acceptance_rate_of_totals(
     if not decode_steps or draft_len < 1:
         return None
     return accepted / (draft_len * decode_steps)
-
-
-def proposed_draft_acceptance_rate(
-    decode_steps: Sequence[int], proposed: Sequence[int]
-) -> float | None:
-    """Σ (e - 1) / Σ proposed drafts, where the engine reports what it really proposed."""
-    total = sum(proposed)
-    return sum(e - 1 for e in decode_steps) / total if total else None
 
 
 def bootstrap_ci95(
