@@ -189,9 +189,11 @@ class LaunchConfig(Frozen):
     `{host}`, `{port}` (from the engine's `base_url`), `{draft_len}`, `{draft_len_plus_1}`,
     `{extra_llm_api_options}` (the path of the YAML written from `extra_llm_api_options`),
     `{target_file}` (the target's local model file or folder, e.g. the verified GGUF of a
-    pinned wheel, else its hub id) and `{bench_cache}` (bench's cache folder, where
-    `scripts/build_llama_server.sh` puts llama-server). The draft length must reach the
-    server through one of them.
+    pinned wheel, else its hub id), `{target_dir}` (the target as a transformers folder:
+    a GGUF target's float32 conversion in the bench cache, made once) and `{bench_cache}`
+    (bench's cache folder, where `scripts/build_llama_server.sh` puts llama-server and
+    `scripts/install_vllm.sh` vLLM's venv). The placeholders are filled in `env` too. The
+    draft length must reach the server through one of them.
     """
 
     command: list[str] = Field(min_length=1)

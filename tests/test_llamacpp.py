@@ -27,7 +27,7 @@ from bench.config import REPO_ROOT, load_config
 from bench.conversation import ChatFormat, load_tokenizer
 from bench.engines import SamplingParams
 from bench.engines.launch import LaunchedServer
-from bench.engines.openai_compat import OpenAIEngine, target_file
+from bench.engines.openai_compat import OpenAIEngine, target_paths
 from bench.records import read_records
 from bench.runner import execute
 
@@ -156,4 +156,4 @@ def test_synthetic_acceptance_is_measured_from_the_servers_counts(llama_server, 
     assert g.totals.accepted_drafts <= 2 * decode_steps  # never the third draft
     ideal = synthetic_steps(64, 3, 2)  # 22 steps when no draft holds an end token
     assert ideal <= g.step_count <= ideal + 3, g.totals
-    assert target_file(config).endswith(".gguf")
+    assert target_paths(config)["{target_file}"].endswith(".gguf")

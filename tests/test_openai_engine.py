@@ -71,7 +71,7 @@ def test_trtllm_serve_stream_usage_and_token_ids_agree():
     assert counters["checks"] == {"token_ids_match_steps": True, "usage_total_matches_steps": True}
     totals = state.totals()  # steps = 10 tokens / 2.5 per iteration
     assert (totals.output_tokens, totals.steps, totals.accepted_drafts) == (10, 4, 6)
-    assert reconcile(state.steps, totals) == "exact"
+    assert reconcile(state.steps, totals, 3)[0] == "exact"
 
 
 def test_vllm_stream_tokenless_chunk_is_not_a_step():
@@ -80,7 +80,7 @@ def test_vllm_stream_tokenless_chunk_is_not_a_step():
     assert state.finish_reason == "length" and len(state.token_ids) == 7
     assert state.counters()["checks"]["usage_total_matches_steps"]
     assert state.totals() is None  # no per-request counts: the stream's steps stand unchecked
-    assert reconcile(state.steps, state.totals()) == "unchecked"
+    assert reconcile(state.steps, state.totals(), 3)[0] == "unchecked"
 
 
 def test_sglang_stream():
@@ -92,7 +92,7 @@ def test_sglang_stream():
 def test_trtllm_chat_stream_role_chunk_is_not_a_step():
     state = replay("trtllm_chat.sse")
     assert state.steps == [1, 3, 2] and "".join(state.text) == "Sure, here it is."
-    assert reconcile(state.steps, state.totals()) == "exact"
+    assert reconcile(state.steps, state.totals(), 3)[0] == "exact"
 
 
 def test_logprobs_are_the_fallback_count():
@@ -102,8 +102,9 @@ def test_logprobs_are_the_fallback_count():
 
 def test_step_above_draft_len_plus_one_invalidates_the_run():
     state = replay("trtllm_completions.sse", draft_len=2)  # a real step of 4 tokens
+    detail, counted = reconcile(state.steps, state.totals(), 2)
     with pytest.raises(DraftLenExceeded, match="more than draft_len \\+ 1 = 3"):
-        check_draft_len(state.steps, state.totals(), 2)
+        check_draft_len(state.steps, detail, counted, 10, 2)
 
 
 def test_vllm_metrics_counters_and_comparison():
@@ -114,8 +115,26 @@ def test_vllm_metrics_counters_and_comparison():
     # One turn: steps [1, 4, 2, 3] -> 3 decode steps, 1 + 3... accepted 3 + 1 + 2 = 6.
     delta = {"vllm:spec_decode_num_drafts": 3, "vllm:spec_decode_num_accepted_tokens": 6}
     assert all(compare_engine_counters("vllm", delta, [1, 4, 2, 3], 3).values())
-    delta["vllm:spec_decode_num_drafts"] = 4
-    assert not compare_engine_counters("vllm", delta, [1, 4, 2, 3], 3)["vllm_num_drafts_matches"]
+    delta["vllm:spec_decode_num_drafts"] = 4  # more drafting steps than decode chunks
+    checks = compare_engine_counters("vllm", delta, [1, 4, 2, 3], 3)
+    assert not checks["vllm_drafting_steps_within_stream"]
+    # n-gram drafts nothing where it finds no match: one-token steps need not have drafted,
+    # so 2 drafting steps among [4, 1, 1, 3] agree with the stream.
+    delta = {"vllm:spec_decode_num_drafts": 2, "vllm:spec_decode_num_accepted_tokens": 5}
+    assert all(compare_engine_counters("vllm", delta, [1, 4, 1, 1, 3], 3).values())
+    # Where the request reported its own counts, like is compared with like, exactly; both
+    # count what the last step accepted past the cut.
+    spec = {"num_spec_steps": 2, "num_accepted_draft_tokens": 7}
+    delta = {"vllm:spec_decode_num_drafts": 2, "vllm:spec_decode_num_accepted_tokens": 7}
+    checks = compare_engine_counters("vllm", delta, [1, 4, 1, 1, 2], 3, spec)
+    assert checks == {
+        "vllm_drafting_steps_match_request": True,
+        "vllm_accepted_match_request": True,
+    }
+    delta["vllm:spec_decode_num_drafts"] = 3
+    assert not compare_engine_counters("vllm", delta, [1, 4, 1, 1, 2], 3, spec)[
+        "vllm_drafting_steps_match_request"
+    ]
 
 
 # --- the HTTP path against bench serve's app --------------------------------------------
@@ -247,7 +266,7 @@ def test_sglang_native_generate_stream_and_spec_verify_ct():
     assert counters["spec_verify_ct"] == 3
     totals = state.totals()  # the first token is output without a verify pass
     assert (totals.output_tokens, totals.steps) == (10, 4)
-    assert reconcile(state.steps, totals) == "exact"
+    assert reconcile(state.steps, totals, 3)[0] == "exact"
 
 
 @pytest.mark.parametrize(

@@ -62,8 +62,8 @@ def _generation(steps):
 def test_launched_servers_start_without_their_speculation_arguments():
     config = load_config(REPO / "configs" / "llamacpp-smollm2-ngram.yaml")
     launch = config.engine.launch
-    off = build_command(launch, config.engine.base_url, 0, None, "m.gguf")
-    on = build_command(launch, config.engine.base_url, 3, None, "m.gguf")
+    off = build_command(launch, config.engine.base_url, 0, None, {"{target_file}": "m.gguf"})
+    on = build_command(launch, config.engine.base_url, 3, None, {"{target_file}": "m.gguf"})
     assert not any(a.startswith("--spec") for a in off)
     assert on[: len(off)] == off and "--spec-type" in on and on[-1] == "3"
 

@@ -96,14 +96,13 @@ def check_draft_len_reaches(launch: LaunchConfig, draft_len: int) -> None:
         )
 
 
-def build_command(
-    launch: LaunchConfig,
+def placeholder_values(
     base_url: str,
     draft_len: int,
-    options_path: Path | None,
-    target_file: str = "{target_file}",
-) -> list[str]:
-    """The argv with its placeholders filled; fails if the draft length cannot reach it."""
+    options_path: Path | None = None,
+    target_paths: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """What each placeholder of a launch command (and of its `env`) stands for."""
     from bench.artifacts import cache_dir
 
     host, port = host_port(base_url)
@@ -112,20 +111,45 @@ def build_command(
         "{port}": str(port),
         "{draft_len}": str(draft_len),
         "{draft_len_plus_1}": str(draft_len + 1),
-        "{target_file}": target_file,
+        "{target_file}": "{target_file}",
+        "{target_dir}": "{target_dir}",
         "{bench_cache}": str(cache_dir()),
+        **(target_paths or {}),
     }
     if options_path is not None:
         values["{extra_llm_api_options}"] = str(options_path)
+    return values
+
+
+def fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def build_command(
+    launch: LaunchConfig,
+    base_url: str,
+    draft_len: int,
+    options_path: Path | None,
+    target_paths: dict[str, str] | None = None,
+) -> list[str]:
+    """The argv with its placeholders filled; fails if the draft length cannot reach it."""
+    values = placeholder_values(base_url, draft_len, options_path, target_paths)
     check_draft_len_reaches(launch, draft_len)
     argv = []
     for arg in [*launch.command, *(launch.speculative_args if draft_len > 0 else [])]:
-        for key, value in values.items():
-            arg = arg.replace(key, value)
+        arg = fill(arg, values)
         if "{extra_llm_api_options}" in arg:
             raise BenchError("launch.command uses {extra_llm_api_options} but none is given")
         argv.append(arg)
     return argv
+
+
+def uses_placeholder(launch: LaunchConfig, placeholder: str) -> bool:
+    """Whether the command, its speculative arguments or its environment name it."""
+    texts = [*launch.command, *launch.speculative_args, *launch.env.values()]
+    return any(placeholder in text for text in texts)
 
 
 def check_installed(executable: str) -> None:
@@ -147,7 +171,11 @@ class LaunchedServer:
     """One child server process; `stop()` is safe to call any number of times."""
 
     def __init__(
-        self, launch: LaunchConfig, base_url: str, draft_len: int, target_file: str = ""
+        self,
+        launch: LaunchConfig,
+        base_url: str,
+        draft_len: int,
+        target_paths: dict[str, str] | None = None,
     ) -> None:
         self.launch = launch
         self.base_url = base_url.rstrip("/")
@@ -157,7 +185,9 @@ class LaunchedServer:
         if self.options is not None:
             self.options_path = self.workdir / "extra-llm-api-config.yml"
             self.options_path.write_text(yaml.safe_dump(self.options, sort_keys=False))
-        self.argv = build_command(launch, base_url, draft_len, self.options_path, target_file)
+        self.argv = build_command(launch, base_url, draft_len, self.options_path, target_paths)
+        values = placeholder_values(base_url, draft_len, self.options_path, target_paths)
+        self.env = {name: fill(value, values) for name, value in launch.env.items()}
         self.log_path = Path(launch.log_file) if launch.log_file else self.workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._previous_sigterm: Any = None
@@ -182,7 +212,7 @@ class LaunchedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.launch.env},
+                env={**os.environ, **self.env},
                 start_new_session=True,  # its own process group: stopped as a whole
             )
         finally:

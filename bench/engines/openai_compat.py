@@ -9,18 +9,21 @@ Two things are read from each streamed turn (see `bench.engines` for the contrac
   verify passes + 1), trtllm-serve's (and `bench serve`'s) per-choice
   `avg_decoded_tokens_per_iter` (steps = tokens / that average), vLLM's final-chunk
   `metrics.speculative_decoding` (`--per-request-spec-decode-metrics summary`: steps =
-  n - `num_accepted_draft_tokens`).
+  n - `num_accepted_draft_tokens`, short by the drafts its last step accepted past the
+  cut; `detailed` adds `per_step_accepted`, its own record of every drafting step).
 - **Per-step counts from the stream**: each chunk that carries tokens is one step (these
   servers stream one chunk per decoding iteration unless they fall behind); how many
   tokens it carries is read, in this order, from the cumulative `usage.completion_tokens`
   of `stream_options: {continuous_usage_stats: true}`, the chunk's own `token_ids`, or
   the number of entries in its `logprobs`. The first step is the prefill step.
 
-The per-step counts are detail only where they add up to the totals; a server that merged
-several steps into one chunk (vLLM and SGLang when the client lags, trtllm-serve with
-`stream_interval` > 1) gets its AL from the totals and its detail is dropped, and one that
-streams one token per chunk whatever it accepted (llama.cpp, which sends no counts per
-chunk) is totals-only. A server that gives neither fails the turn with a clear error.
+`bench.engines.reconcile` decides each turn's step count from both: exact where they
+allow it (vLLM's per-step record shows each chunk is one step, or the chunks reach the
+most steps the totals allow), otherwise a stated lower bound. A server that merged several
+steps into one chunk (vLLM and SGLang when the client lags, trtllm-serve with
+`stream_interval` > 1) gets its count from the totals and its detail is dropped, and one
+that streams one token per chunk whatever it accepted (llama.cpp, which sends no counts
+per chunk) is totals-only. A server that gives neither fails the turn with a clear error.
 
 Server-wide counters are compared around a turn at concurrency 1 as a further
 cross-check: trtllm-serve's `/metrics` iteration statistics and vLLM's Prometheus
@@ -207,8 +210,17 @@ class StreamState:
             return self.completion_tokens
         return sum(self.stream_steps()) or len(self.token_ids) or len(self.cumulative_ids or [])
 
+    def drafting_record(self) -> list[int] | None:
+        """vLLM's own per-step record (`--per-request-spec-decode-metrics detailed`): the
+        drafts accepted at each step that drafted, in order; None when not reported."""
+        record = (self.request_spec or {}).get("per_step_accepted")
+        if isinstance(record, list) and all(isinstance(a, int) and a >= 0 for a in record):
+            return list(record)
+        return None
+
     def totals(self) -> EngineTotals | None:
         """The engine's own count of this request's steps, from whichever server said it."""
+        k = self.draft_len
         timings = self.timings or {}
         if isinstance(timings.get("predicted_n"), int):
             n = timings["predicted_n"]
@@ -221,6 +233,10 @@ class StreamState:
                 accepted_drafts=accepted,
                 proposed_drafts=proposed if isinstance(proposed, int) else 0,
                 source="llama.cpp timings: steps = predicted_n - draft_n_accepted",
+                # llama-server never drafts past the tokens max_tokens leaves, but a step
+                # that emits an end-of-generation token has already counted every draft it
+                # accepted, those after that token included.
+                past_cut_max=min(k, accepted) if self.finish_reason == "stop" else 0,
             )
         n = self.output_tokens()
         if self.spec_verify_ct is not None and (self.spec_verify_ct > 0 or n <= 1):
@@ -244,13 +260,24 @@ class StreamState:
         if isinstance(spec.get("num_accepted_draft_tokens"), int) and n:
             accepted = spec["num_accepted_draft_tokens"]
             proposed = spec.get("num_draft_tokens")
+            record = self.drafting_record()
+            # vLLM counts what the last step accepted beyond max_tokens or a stop token
+            # (it never shortens a draft to the tokens left), and that step is its last
+            # drafting step when it drafted at all.
+            last = record[-1] if record else (0 if record is not None else accepted)
+            low, high = n - accepted, n - accepted + min(k, last)
+            # Each drafting step (`num_spec_steps`, exact) is a step after the prefill.
+            spec_steps = spec.get("num_spec_steps")
+            if isinstance(spec_steps, int):
+                low = min(high, max(low, spec_steps + 1))
             return EngineTotals(
                 output_tokens=n,
-                steps=n - accepted,
+                steps=low,
                 accepted_drafts=accepted,
                 proposed_drafts=proposed if isinstance(proposed, int) else None,
                 source="vllm metrics.speculative_decoding: steps = completion tokens - "
-                "num_accepted_draft_tokens",
+                "num_accepted_draft_tokens, at least num_spec_steps + 1",
+                past_cut_max=high - low,
             )
         return None
 
@@ -347,20 +374,43 @@ def iteration_counters(entries: Any) -> dict[str, float]:
 
 
 def compare_engine_counters(
-    server: str, delta: dict[str, float], steps: list[int], draft_len: int
+    server: str,
+    delta: dict[str, float],
+    steps: list[int],
+    draft_len: int,
+    request_spec: dict[str, Any] | None = None,
 ) -> dict[str, bool]:
-    """Stream against the engine's own counters for one turn (concurrency 1).
+    """Stream and request counters against the server's own counters for one turn
+    (concurrency 1), like with like.
 
-    The last step may be cut by EOS or max_tokens after the engine accepted more, so the
-    engine may count up to `draft_len` accepted tokens more than the stream shows.
+    vLLM's Prometheus counters count drafting steps only (`spec_decode_num_drafts`: an
+    n-gram lookup that found nothing drafts nothing) and the drafts accepted, past the cut
+    included, as its per-request metrics do: where the request reported those, they must
+    equal the deltas exactly. Without them, the stream bounds them: at least its chunks of
+    two or more tokens drafted, at most all its decode chunks; the last step may have
+    accepted up to `draft_len` drafts beyond the cut.
     """
     decode = steps[1:]
     accepted = sum(e - 1 for e in decode)
     checks: dict[str, bool] = {}
     if server == "vllm" and "vllm:spec_decode_num_drafts" in delta:
-        checks["vllm_num_drafts_matches"] = delta["vllm:spec_decode_num_drafts"] == len(decode)
+        drafts = delta["vllm:spec_decode_num_drafts"]
         engine_accepted = delta.get("vllm:spec_decode_num_accepted_tokens", 0.0)
-        checks["vllm_accepted_matches"] = accepted <= engine_accepted <= accepted + draft_len
+        spec = request_spec or {}
+        if isinstance(spec.get("num_spec_steps"), int):
+            checks["vllm_drafting_steps_match_request"] = drafts == spec["num_spec_steps"]
+        elif decode:
+            checks["vllm_drafting_steps_within_stream"] = (
+                sum(1 for e in decode if e >= 2) <= drafts <= len(decode)
+            )
+        if isinstance(spec.get("num_accepted_draft_tokens"), int):
+            checks["vllm_accepted_match_request"] = (
+                engine_accepted == spec["num_accepted_draft_tokens"]
+            )
+        elif decode:
+            checks["vllm_accepted_within_stream"] = (
+                accepted <= engine_accepted <= accepted + draft_len
+            )
     if server in ("trtllm", "bench") and delta.get("iterations"):
         if delta["num_draft_tokens"]:
             engine_accepted = delta["num_accepted_tokens"]
@@ -399,7 +449,7 @@ class OpenAIEngine:
             from bench.engines.launch import LaunchedServer
 
             self.server_process = LaunchedServer(
-                engine.launch, self.base_url, self.draft_len, target_file(config)
+                engine.launch, self.base_url, self.draft_len, target_paths(config)
             )
             self.server_process.start()
             try:
@@ -591,7 +641,9 @@ class OpenAIEngine:
             raise TurnFault(f"the server returned no tokens (finish_reason {state.finish_reason})")
         if state.finish_reason not in ("stop", "length", "tool_calls"):
             raise TurnFault(f"the server ended the turn with finish_reason {state.finish_reason!r}")
-        check_draft_len(steps, totals, self.draft_len)
+        detail, counted = reconcile(steps, totals, self.draft_len, state.drafting_record())
+        n = totals.output_tokens if totals is not None else sum(steps)
+        check_draft_len(steps, detail, counted, n, self.draft_len)
         finish = "length" if state.finish_reason == "length" else "stop"
         counters = state.counters()
         if faults:
@@ -600,7 +652,9 @@ class OpenAIEngine:
             delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
             counters["engine_metrics_delta"] = delta
             counters["checks"].update(
-                compare_engine_counters(self.server, delta, steps, self.draft_len)
+                compare_engine_counters(
+                    self.server, delta, steps, self.draft_len, state.request_spec
+                )
             )
         counters["cross_check"] = cross_check_verdict(counters["checks"])
         ids = state.token_ids
@@ -614,8 +668,9 @@ class OpenAIEngine:
         return Generation(
             steps=steps,
             prefill_step=True,
-            step_detail=reconcile(steps, totals),
+            step_detail=detail,
             totals=totals,
+            counted=counted,
             drafted=None,
             token_ids=ids,
             text=text,
@@ -630,17 +685,35 @@ class OpenAIEngine:
             self.server_process.stop()
 
 
-def target_file(config: RunConfig) -> str:
-    """The target as a launched server loads it: its verified local file, else its id."""
+def target_paths(config: RunConfig) -> dict[str, str]:
+    """The target as a launched server loads it, for the placeholders the launch uses:
+    `{target_file}`, its verified local file (a pinned wheel's GGUF), else its location;
+    `{target_dir}`, a transformers folder (a GGUF target's float32 conversion in the bench
+    cache, made once), else its location."""
+    from bench.engines.launch import uses_placeholder
+
     launch = config.engine.launch
-    if "{target_file}" not in " ".join(launch.command + launch.speculative_args):
-        return ""
-    from bench.target import resolve_target
+    wanted = [p for p in ("{target_file}", "{target_dir}") if uses_placeholder(launch, p)]
+    if not wanted:
+        return {}
+    from bench.target import gguf_path, resolve_target
 
     resolved = resolve_target(config.target)
+    paths = {"{target_file}": resolved.location, "{target_dir}": resolved.location}
     if resolved.gguf_file:
-        return str(Path(resolved.location) / resolved.gguf_file)
-    return resolved.location
+        gguf = gguf_path(config.target, resolved)
+        paths["{target_file}"] = str(gguf)
+        if "{target_dir}" in wanted:
+            from bench.gguf_cache import converted_checkpoint
+
+            folder = converted_checkpoint(gguf, resolved.sha256)
+            if folder is None:
+                raise BenchError(
+                    f"{resolved.gguf_file} cannot be converted into a transformers folder, "
+                    "which {target_dir} in the launch command needs; use {target_file}"
+                )
+            paths["{target_dir}"] = str(folder)
+    return {p: paths[p] for p in wanted}
 
 
 def preflight(config: RunConfig) -> None:

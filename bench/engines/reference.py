@@ -131,11 +131,13 @@ class ReferenceEngine:
             proposed_drafts=sum(row.drafted[1:]),
             source="reference decoder: its own verification loop",
         )
+        detail, counted = reconcile(row.steps, totals, row.sampling.draft_len)
         return Generation(
             steps=row.steps,
             prefill_step=True,
-            step_detail=reconcile(row.steps, totals),
+            step_detail=detail,
             totals=totals,
+            counted=counted,
             drafted=row.drafted,
             token_ids=row.out,
             text=self.chat_format.decode(visible),

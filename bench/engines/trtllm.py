@@ -222,12 +222,14 @@ class TrtllmEngine:
         if completion.finish_reason not in ("stop", "length"):
             raise RuntimeError(f"TensorRT-LLM ended the turn with {completion.finish_reason!r}")
         totals = request_totals(last, len(token_ids))
-        check_draft_len(steps, totals, sampling.draft_len)
+        detail, counted = reconcile(steps, totals, sampling.draft_len)
+        check_draft_len(steps, detail, counted, len(token_ids), sampling.draft_len)
         return Generation(
             steps=steps,
             prefill_step=True,
-            step_detail=reconcile(steps, totals),
+            step_detail=detail,
             totals=totals,
+            counted=counted,
             token_ids=token_ids,
             text=visible_text(self.chat, token_ids, finish),
             finish_reason=finish,
