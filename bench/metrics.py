@@ -261,6 +261,10 @@ class QuestionSteps:
         """Steps taken: the engine's totals where it reported them, the prefill included."""
         return sum(r.step_count for r in self._chosen(turn))
 
+    def step_slack(self, turn: int | None = None) -> int:
+        """The most steps the counts may be short by (0: every turn's count is exact)."""
+        return sum(r.step_slack for r in self._chosen(turn))
+
     def prefill_steps(self, turn: int | None = None) -> int:
         """Prefill steps (one per turn that has one; each emits one token)."""
         return sum(1 for r in self._chosen(turn) if r.prefill_step and r.step_count)
@@ -350,6 +354,12 @@ class RateBlock(BaseModel):
     step_detail_turns: int = 0
     """Of those, the turns whose per-step counts are real detail: the histogram and the
     per-position rates rest on these alone (0: the engine gives totals only)."""
+    step_bound_turns: int = 0
+    """Of those, the turns whose step count is a lower bound, not exact (the engine's
+    sources could not pin it down): their AL is an upper bound."""
+    acceptance_length_min: float | None = None
+    """The card AL if every bounded turn took the most steps its sources allow; None when
+    every turn's count is exact."""
 
 
 def _rate_block(
@@ -393,6 +403,24 @@ def _rate_block(
         output_tokens=tokens,
         turn_count=sum(len(q._chosen(turn)) for q in questions),
         step_detail_turns=sum(len(q.detail_turns(turn)) for q in questions),
+        step_bound_turns=sum(1 for q in questions for r in q._chosen(turn) if r.step_slack),
+        acceptance_length_min=_lowest_acceptance_length(questions, turn),
+    )
+
+
+def _lowest_acceptance_length(questions: Sequence[QuestionSteps], turn: int | None) -> float | None:
+    """Card AL with every bounded count at its most steps; None when all are exact."""
+    if not any(q.step_slack(turn) for q in questions):
+        return None
+    return float(
+        np.mean(
+            [
+                acceptance_length_of_totals(
+                    q.output_tokens(turn), q.step_count(turn) + q.step_slack(turn)
+                )
+                for q in questions
+            ]
+        )
     )
 
 
@@ -496,18 +524,46 @@ def sanity_signals(
                 f"{', '.join(failed_checks)}); both are in records.jsonl (engine_counters)",
             )
         )
-    merged = [r for r in ok if r.step_detail == "disagrees"]
-    if merged:
-        first = merged[0]
+    disagreeing = [r for r in ok if r.step_detail == "disagrees"]
+    if disagreeing:
+        first = disagreeing[0]
+        what = first.counted.note if first.counted is not None else None
         signals.append(
             Signal(
                 code="step_detail_disagrees",
                 severity="warning",
-                message=f"{len(merged)} turns' streamed chunks do not add up to the engine's "
-                f"own per-request totals (first: question {first.question_id} turn "
-                f"{first.turn}): the server merged decoding steps into chunks; their AL "
-                "comes from the totals and their chunks are left out of the histogram and "
-                "the per-position rates",
+                message=f"{len(disagreeing)} turns' streamed chunks are not their decoding "
+                f"steps (first: question {first.question_id} turn {first.turn}: "
+                f"{what or 'they do not add up to the engine totals'}); their step counts "
+                "come from the engine's totals, and their chunks are left out of the "
+                "histogram and the per-position rates",
+            )
+        )
+    bounded = [r for r in ok if r.step_slack]
+    if bounded and overall is not None:
+        first = bounded[0]
+        note = first.counted.note if first.counted is not None else None
+        low = overall.acceptance_length_min
+        signals.append(
+            Signal(
+                code="step_count_bounds",
+                severity="warning",
+                message=f"{len(bounded)} of {len(ok)} turns' step counts are lower bounds, "
+                f"short by at most {sum(r.step_slack for r in bounded)} steps in all (first: "
+                f"question {first.question_id} turn {first.turn}: {note}); the overall "
+                f"card AL {overall.acceptance_length:.3f} could be as low as {low:.3f}",
+            )
+        )
+    past_cut = [r for r in ok if r.counted is not None and r.counted.past_cut]
+    if past_cut:
+        signals.append(
+            Signal(
+                code="drafts_counted_past_cut",
+                severity="info",
+                message=f"on {len(past_cut)} of {len(ok)} turns the engine's accepted-draft "
+                "count includes drafts its last step accepted beyond max_tokens or a stop "
+                "token; their steps are counted exactly from the stream, one chunk per "
+                "step (records.jsonl: counted)",
             )
         )
     totals_only = [r for r in ok if r.step_detail == "none"]

@@ -29,6 +29,22 @@ def step_detail_note(summary: Summary) -> str:
     overall = summary.overall
     if overall is None:
         return ""
+    return step_detail_line(overall) + step_bound_line(overall)
+
+
+def step_bound_line(overall: GroupSummary) -> str:
+    """Turns whose step count is a bound, not exact; nothing when every count is exact."""
+    if not overall.step_bound_turns or overall.acceptance_length_min is None:
+        return ""
+    return (
+        f"Step counts: {overall.step_bound_turns} of {overall.turn_count} turns are lower "
+        "bounds (their engine's counters and stream could not pin them down; see the "
+        f"`step_count_bounds` signal), so the overall card AL {fmt(overall.acceptance_length)} "
+        f"is an upper bound: it could be as low as {fmt(overall.acceptance_length_min)}.\n"
+    )
+
+
+def step_detail_line(overall: GroupSummary) -> str:
     detail, turns = overall.step_detail_turns, overall.turn_count
     if detail == turns:
         return f"Per-step detail: all {turns} turns.\n"
@@ -41,8 +57,9 @@ def step_detail_note(summary: Summary) -> str:
         )
     return (
         f"Per-step detail: {detail} of {turns} turns. The histogram and per-position rates "
-        "rest on those alone; the other turns' AL comes from the engine's per-request "
-        "totals (its stream merged decoding steps into chunks).\n"
+        "rest on those alone; the other turns' chunks are not their decoding steps (a "
+        "stream that merged steps, or no steps shown), so their AL comes from the "
+        "engine's per-request totals.\n"
     )
 
 

@@ -37,9 +37,7 @@ class Replay:
     """Drafts accepted at each step that drafted, as far as the output shows them."""
 
 
-def replay(
-    prompt: list[int], output: list[int], k: int, min_n: int, max_n: int
-) -> Replay:
+def replay(prompt: list[int], output: list[int], k: int, min_n: int, max_n: int) -> Replay:
     steps = [1]
     accepted_per_drafting_step: list[int] = []
     position = 1

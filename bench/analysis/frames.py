@@ -238,7 +238,8 @@ def steps_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 def turns_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per recorded (question, turn), failed ones included (`ok` False, no AL).
-    `steps` and the ALs come from the engine's per-request totals where it reported them;
+    `steps` and the ALs come from the turn's decided step count (`bench.engines.reconcile`):
+    exact when `step_slack` is 0, else a lower bound at most `step_slack` short;
     `step_detail` says whether the turn's per-step counts are real (`exact`, `unchecked`)
     or not (`disagrees`, `none`)."""
     rows = []
@@ -265,6 +266,7 @@ def turns_frame(runs: Sequence[Run]) -> pd.DataFrame:
                         else None
                     ),
                     "steps": r.step_count,
+                    "step_slack": r.step_slack,
                     "step_detail": r.step_detail,
                     "output_tokens": r.output_tokens,
                     "prompt_tokens": r.prompt_tokens,

