@@ -506,7 +506,17 @@ def render_plots(out: Path, result: SweepResult) -> list[Path]:
     ax.set_xlabel("draft length k")
     ax.set_ylabel("speedup over speculation off")
     ax.set_title("Latency speedup by draft length")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:  # a sweep without draft length 0 has no baseline to divide by
+        ax.text(
+            0.5,
+            0.5,
+            "no speculation-off cell (draft length 0): no speedups",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     written.append(_save(fig, folder / "speedup.png", plt))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))

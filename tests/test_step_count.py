@@ -200,3 +200,31 @@ def test_summary_counts_bounded_turns_and_the_lowest_al():
     assert s.overall.acceptance_length_min == pytest.approx(20 / 10)
     signal = next(x for x in s.signals if x.code == "step_count_bounds")
     assert "1 of 2 turns" in signal.message and "as low as 2.000" in signal.message
+
+
+def test_iteration_counting_engines_are_exact_at_a_cut():
+    """SGLang's `spec_verify_ct` and TensorRT-LLM's `decoding_iter` count passes, not
+    drafts: a last step cut by max_tokens after accepting more is still one pass."""
+    from bench.engines.trtllm import request_totals
+
+    # SGLang /generate: cumulative output ids, verify passes on the last chunk.
+    state = StreamState(draft_len=3)
+    ids: list[int] = []
+    for n, chunk in enumerate(CUT_STEPS):
+        ids += [7] * chunk
+        meta = {"completion_tokens": len(ids)}
+        if n == len(CUT_STEPS) - 1:
+            meta |= {"spec_verify_ct": 6, "finish_reason": {"type": "length"}}
+        state.feed({"text": "x" * len(ids), "output_ids": list(ids), "meta_info": meta})
+    totals = state.totals()
+    assert (totals.steps, totals.past_cut_max) == (7, 0)
+    assert reconcile(state.steps, totals, 3)[1].steps == 7
+
+    class Output:  # a TensorRT-LLM RequestOutput's counters
+        decoding_iter = 7
+        outputs = []
+
+    totals = request_totals(Output(), CUT_TOKENS)
+    assert (totals.steps, totals.past_cut_max) == (7, 0)
+    detail, counted = reconcile(CUT_STEPS, totals, 3)
+    assert detail == "exact" and counted.steps == 7
