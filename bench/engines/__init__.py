@@ -266,50 +266,47 @@ def reconcile(
     counter = f"engine totals ({totals.source})"
     # Steps as tokens - accepted drafts: the chunks beyond it are drafts counted past the cut.
     net = low if totals.accepted_drafts is None else totals.output_tokens - totals.accepted_drafts
+
+    def by_the_counter(detail: StepDetail, note: str | None) -> tuple[StepDetail, StepCount]:
+        return detail, StepCount(steps=low, slack=high - low, basis=counter, note=note)
+
+    def one_step_per_chunk(basis: str) -> tuple[StepDetail, StepCount]:
+        past = len(steps) - net
+        return "exact", StepCount(
+            steps=len(steps), past_cut=past, basis=basis, note=_past_cut_note(past)
+        )
+
     if not steps:
-        note = None
-        if high > low:
-            note = f"the engine may count up to {high - low} drafts accepted past the cut"
-        return "none", StepCount(steps=low, slack=high - low, basis=counter, note=note)
+        past = high - low
+        return by_the_counter(
+            "none",
+            f"the engine may count up to {past} drafts accepted past the cut" if past else None,
+        )
     if sum(steps) != totals.output_tokens:
-        return "disagrees", StepCount(
-            steps=low,
-            slack=high - low,
-            basis=counter,
-            note=f"the stream carries {sum(steps)} tokens, the engine counted "
-            f"{totals.output_tokens}",
+        return by_the_counter(
+            "disagrees",
+            f"the stream carries {sum(steps)} tokens, the engine counted {totals.output_tokens}",
         )
     chunks = len(steps)
     floor = stream_lower_bound(steps, draft_len)
     merged = floor > chunks
     if chunks > high or floor > high:
-        return "disagrees", StepCount(
-            steps=low,
-            slack=high - low,
-            basis=counter,
-            note=f"the stream's {chunks} chunks need at least {max(chunks, floor)} steps at "
-            f"draft length {draft_len}, more than the {high} the engine can have taken",
+        return by_the_counter(
+            "disagrees",
+            f"the stream's {chunks} chunks need at least {max(chunks, floor)} steps at draft "
+            f"length {draft_len}, more than the {high} the engine can have taken",
         )
     if not merged and drafting is not None and chunks_match_record(steps, drafting, totals):
-        return "exact", StepCount(
-            steps=chunks,
-            past_cut=chunks - net,
-            basis="stream: one chunk per step, confirmed by the engine's per-step record",
-            note=_past_cut_note(chunks - net),
+        return one_step_per_chunk(
+            "stream: one chunk per step, confirmed by the engine's per-step record"
         )
     count = max(floor, low)
-    slack = high - count
-    if not merged and chunks == count and not slack:
-        return "exact", StepCount(
-            steps=count,
-            past_cut=chunks - net,
-            basis="stream: one chunk per step",
-            note=_past_cut_note(chunks - net),
-        )
+    if not merged and chunks == high:
+        return one_step_per_chunk("stream: one chunk per step (as many as the engine allows)")
     if not merged and chunks == count:
         return "unchecked", StepCount(
             steps=count,
-            slack=slack,
+            slack=high - count,
             basis="stream chunks (a lower bound)",
             note=f"{chunks} chunks against {low} steps by the engine's count: the engine may "
             f"count up to {high - low} drafts accepted past the cut, and the stream cannot "
@@ -318,7 +315,7 @@ def reconcile(
     past = f" (the engine may count up to {high - low} drafts past the cut)" if high > low else ""
     return "disagrees", StepCount(
         steps=count,
-        slack=slack,
+        slack=high - count,
         basis=counter,
         note=f"merged: the stream has {chunks} chunks for at least {count} steps{past}",
     )

@@ -193,6 +193,9 @@ class LaunchedServer:
         self.log_path = Path(launch.log_file) if launch.log_file else self.workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._previous_sigterm: Any = None
+        self._started = 0.0
+        self.ready_s: float | None = None
+        """Seconds from starting the server to its first healthy answer."""
 
     def start(self) -> None:
         check_installed(self.argv[0])
@@ -208,6 +211,7 @@ class LaunchedServer:
                 "port in engine.base_url, so the run measures the server it launched"
             )
         log = open(self.log_path, "ab")
+        self._started = time.monotonic()
         try:
             self.process = subprocess.Popen(
                 self.argv,
@@ -239,6 +243,7 @@ class LaunchedServer:
                 )
             try:
                 if httpx2.get(f"{self.base_url}/health", timeout=5.0).status_code == 200:
+                    self.ready_s = round(time.monotonic() - self._started, 1)
                     return
             except httpx2.HTTPError:
                 pass
@@ -274,6 +279,7 @@ class LaunchedServer:
             "command": self.argv,
             "extra_llm_api_options": self.options,
             "log": str(self.log_path),
+            "ready_s": self.ready_s,
         }
 
 
