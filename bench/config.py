@@ -190,10 +190,12 @@ class LaunchConfig(Frozen):
     `{extra_llm_api_options}` (the path of the YAML written from `extra_llm_api_options`),
     `{target_file}` (the target's local model file or folder, e.g. the verified GGUF of a
     pinned wheel, else its hub id), `{target_dir}` (the target as a transformers folder:
-    a GGUF target's float32 conversion in the bench cache, made once) and `{bench_cache}`
-    (bench's cache folder, where `scripts/build_llama_server.sh` puts llama-server and
-    `scripts/install_vllm.sh` vLLM's venv). The placeholders are filled in `env` too. The
-    draft length must reach the server through one of them.
+    a GGUF target's float32 conversion in the bench cache, made once), `{target_gguf}`
+    (that folder as an F32 GGUF made by llama.cpp's own converter, so llama-server runs
+    the same float32 weights), `{draft_head}` and `{draft_head_gguf}` (see `draft_head`),
+    and `{bench_cache}` (bench's cache folder, where `scripts/build_llama_server.sh` puts
+    llama-server and `scripts/install_vllm.sh` vLLM's venv). The placeholders are filled in
+    `env` too. The draft length must reach the server through one of them.
     """
 
     command: list[str] = Field(min_length=1)
@@ -205,6 +207,11 @@ class LaunchConfig(Frozen):
     extra_llm_api_options: str | dict[str, Any] | None = None
     """trtllm-serve's extra-llm-api YAML, as a path or inline; the harness writes a copy
     with `speculative_config.max_draft_len` set to the run's draft length."""
+    draft_head: str | None = None
+    """An EAGLE-3 head folder (config.json + safetensors, relative to the config file) the
+    server drafts with, for `{draft_head}` (the folder, e.g. vLLM's `"model"`) and
+    `{draft_head_gguf}` (the head in llama.cpp's format, converted once by llama.cpp's
+    own converter with the target beside it)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the server."""
     health_timeout_s: float = Field(1800.0, gt=0)
@@ -418,6 +425,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             data[section][key] = _resolve_path(data[section][key], base)
     _resolve_drafter_paths(data, base)
     engine = data.get("engine")
+    launch = engine.get("launch") if isinstance(engine, dict) else None
+    if isinstance(launch, dict) and isinstance(launch.get("draft_head"), str):
+        launch["draft_head"] = _resolve_path(launch["draft_head"], base)
     if isinstance(engine, dict) and isinstance(engine.get("launch"), dict):
         extra = engine["launch"].get("extra_llm_api_options")
         if isinstance(extra, str):

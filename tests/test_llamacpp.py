@@ -157,3 +157,62 @@ def test_synthetic_acceptance_is_measured_from_the_servers_counts(llama_server, 
     ideal = synthetic_steps(64, 3, 2)  # 22 steps when no draft holds an end token
     assert ideal <= g.step_count <= ideal + 3, g.totals
     assert target_paths(config)["{target_file}"].endswith(".gguf")
+
+
+def test_an_eagle3_head_runs_on_the_reference_engines_float32_weights(llama_server, tmp_path):
+    """The target as an F32 GGUF and an EAGLE-3 head in llama.cpp's format, both made by
+    llama.cpp's own converter from the folders the reference engine loads: the server
+    drafts with the head, and its answers are the reference engine's greedy answers. A
+    random head at SmolLM2's shape is enough for that (it proposes drafts that the target
+    rejects); a trained head's acceptance is measured in docs/measurements.md."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import head_config, random_head_weights, save_head
+
+    class Shape:
+        config = type("C", (), {"hidden_size": 576, "vocab_size": 49152})()
+
+    spec = head_config(Shape, draft_vocab=4096, heads=9, kv_heads=3, rope_theta=100000.0)
+    spec |= {"intermediate_size": 1536, "head_dim": 64, "max_position_embeddings": 4096}
+    weights = {
+        k: v.half() if v.is_floating_point() else v for k, v in random_head_weights(spec).items()
+    }
+    head = save_head(tmp_path / "head", spec, weights, "eagle_authors")
+    launch = {
+        "engine.launch.command": [
+            "{bench_cache}/llama.cpp/11434.0.0/bin/llama-server",
+            "-m",
+            "{target_gguf}",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--ctx-size",
+            "8192",
+        ],
+        "engine.launch.speculative_args": [
+            "--spec-type",
+            "draft-eagle3",
+            "-md",
+            "{draft_head_gguf}",
+            "--spec-draft-n-max",
+            "{draft_len}",
+        ],
+        "engine.launch.draft_head": str(head),
+        "dataset.question_ids": [81],
+        "sampling.max_tokens": 32,
+    }
+    config = config_for(NGRAM, tmp_path, **launch)
+    paths = target_paths(config)
+    assert (
+        paths["{target_gguf}"].endswith("-f32.gguf")
+        and paths["{draft_head_gguf}"] != paths["{target_gguf}"]
+    )
+    served = execute(config, out=tmp_path / "llama", quiet=True)
+    records = read_records(served.run.path / "records.jsonl")
+    assert all(r.ok for r in records) and all(r.totals.proposed_drafts > 0 for r in records)
+    plain = {"dataset.question_ids": [81], "sampling.max_tokens": 32, "draft_len": 0}
+    greedy = execute(load_config(None, plain), out=tmp_path / "reference", quiet=True)
+    expected = {r.key: r.text for r in read_records(greedy.run.path / "records.jsonl")}
+    assert {r.key: r.text for r in records} == expected

@@ -686,33 +686,54 @@ class OpenAIEngine:
 
 
 def target_paths(config: RunConfig) -> dict[str, str]:
-    """The target as a launched server loads it, for the placeholders the launch uses:
-    `{target_file}`, its verified local file (a pinned wheel's GGUF), else its location;
-    `{target_dir}`, a transformers folder (a GGUF target's float32 conversion in the bench
-    cache, made once), else its location."""
+    """The model files a launched server loads, for the placeholders its launch uses (see
+    `LaunchConfig`): `{target_file}`, `{target_dir}`, `{target_gguf}`, `{draft_head}` and
+    `{draft_head_gguf}`. Only those used are resolved: a conversion runs only when needed."""
     from bench.engines.launch import uses_placeholder
 
     launch = config.engine.launch
-    wanted = [p for p in ("{target_file}", "{target_dir}") if uses_placeholder(launch, p)]
+    names = ("{target_file}", "{target_dir}", "{target_gguf}", "{draft_head}", "{draft_head_gguf}")
+    wanted = [p for p in names if uses_placeholder(launch, p)]
     if not wanted:
         return {}
+    paths: dict[str, str] = {}
+    if {"{draft_head}", "{draft_head_gguf}"} & set(wanted):
+        if launch.draft_head is None or not Path(launch.draft_head, "config.json").is_file():
+            raise BenchError(
+                "the launch command uses {draft_head} or {draft_head_gguf}: set "
+                "engine.launch.draft_head to an EAGLE-3 head folder (config.json and "
+                f"safetensors); got {launch.draft_head!r}"
+            )
+        paths["{draft_head}"] = launch.draft_head
     from bench.target import gguf_path, resolve_target
 
     resolved = resolve_target(config.target)
-    paths = {"{target_file}": resolved.location, "{target_dir}": resolved.location}
+    paths["{target_file}"] = resolved.location
+    folder = Path(resolved.location)
     if resolved.gguf_file:
         gguf = gguf_path(config.target, resolved)
         paths["{target_file}"] = str(gguf)
-        if "{target_dir}" in wanted:
+        if {"{target_dir}", "{target_gguf}", "{draft_head_gguf}"} & set(wanted):
             from bench.gguf_cache import converted_checkpoint
 
-            folder = converted_checkpoint(gguf, resolved.sha256)
-            if folder is None:
+            converted = converted_checkpoint(gguf, resolved.sha256)
+            if converted is None:
                 raise BenchError(
                     f"{resolved.gguf_file} cannot be converted into a transformers folder, "
-                    "which {target_dir} in the launch command needs; use {target_file}"
+                    "which {target_dir}, {target_gguf} and {draft_head_gguf} need; use "
+                    "{target_file}"
                 )
-            paths["{target_dir}"] = str(folder)
+            folder = converted
+    paths["{target_dir}"] = str(folder)
+    if "{target_gguf}" in wanted or "{draft_head_gguf}" in wanted:
+        from bench.engines.llamacpp_gguf import gguf_of
+
+        if "{target_gguf}" in wanted:
+            paths["{target_gguf}"] = str(gguf_of(folder, "f32"))
+        if "{draft_head_gguf}" in wanted:
+            paths["{draft_head_gguf}"] = str(
+                gguf_of(Path(paths["{draft_head}"]), "f32", target_dir=folder)
+            )
     return {p: paths[p] for p in wanted}
 
 
