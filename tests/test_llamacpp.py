@@ -165,20 +165,9 @@ def test_an_eagle3_head_runs_on_the_reference_engines_float32_weights(llama_serv
     drafts with the head, and its answers are the reference engine's greedy answers. A
     random head at SmolLM2's shape is enough for that (it proposes drafts that the target
     rejects); a trained head's acceptance is measured in docs/measurements.md."""
-    import sys
+    from tiny_models import smollm2_random_head
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_models import head_config, random_head_weights, save_head
-
-    class Shape:
-        config = type("C", (), {"hidden_size": 576, "vocab_size": 49152})()
-
-    spec = head_config(Shape, draft_vocab=4096, heads=9, kv_heads=3, rope_theta=100000.0)
-    spec |= {"intermediate_size": 1536, "head_dim": 64, "max_position_embeddings": 4096}
-    weights = {
-        k: v.half() if v.is_floating_point() else v for k, v in random_head_weights(spec).items()
-    }
-    head = save_head(tmp_path / "head", spec, weights, "eagle_authors")
+    head = smollm2_random_head(tmp_path / "head")
     launch = {
         "engine.launch.command": [
             "{bench_cache}/llama.cpp/11434.0.0/bin/llama-server",

@@ -172,6 +172,40 @@ def test_the_model_drafting_for_itself_accepts_nearly_every_draft(vllm_python, t
     assert "all_full_acceptance" in {s.code for s in outcome.summary.signals}
 
 
+def test_an_eagle3_head_in_the_published_layout_runs(vllm_python, tmp_path):
+    """The layout bench's EAGLE-3 heads are exported in, loaded by vLLM's eagle3 method: a
+    random head at SmolLM2's shape drafts at every step and the target rejects its drafts."""
+    from tiny_models import smollm2_random_head
+
+    head = smollm2_random_head(tmp_path / "head")
+    eagle3 = '{"method": "eagle3", "model": "{draft_head}", "num_speculative_tokens": {draft_len}}'
+    config = config_for(
+        NGRAM,
+        **{
+            "dataset.question_ids": [81],
+            "sampling.max_tokens": 32,
+            "engine.launch.draft_head": str(head),
+            "engine.launch.speculative_args": [
+                "--speculative-config",
+                eagle3,
+                "--per-request-spec-decode-metrics",
+                "detailed",
+            ],
+        },
+    )
+    outcome = execute(config, out=tmp_path / "run", quiet=True)
+    records = read_records(outcome.run.path / "records.jsonl")
+    for r in records:
+        spec = r.engine_counters["speculative_decoding"]
+        assert r.ok and r.step_slack == 0 and r.step_count == 1 + spec["num_spec_steps"]
+        assert spec["num_draft_tokens"] == K * spec["num_spec_steps"]
+    if 1 in _runs:  # lossless: the n-gram run's tokens for question 81, up to 32
+        ngram = {r.key: r.token_ids[:32] for r in _runs[1] if r.question_id == 81}
+        assert {r.key: r.token_ids for r in records if r.turn == 1} == {
+            k: v for k, v in ngram.items() if k[1] == 1
+        }
+
+
 def test_a_sweep_cell_runs_on_it(ngram_server, tmp_path):
     base = ngram_server.model_copy(
         update={
