@@ -3,14 +3,16 @@
 The chat template is applied here, on the client side, with the target's own tokenizer, so
 every engine sees the same token ids. `reasoning_effort` is handed to the template; whether
 the template actually uses it is found out by rendering with two values and comparing, and
-recorded. Turn 2 gets the model's turn-1 answer back as the assistant message, with its
-reasoning removed by default (`turn2_history: final`) or as generated (`raw`).
+recorded. Turn t gets the model's own answers to turns 1..t-1 back as the assistant messages (MT-Bench:
+turn 2 gets turn 1's), with their reasoning removed by default (`turn2_history: final`) or
+as generated (`raw`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,24 +50,30 @@ def turn_messages(
     question: Question,
     turn: int,
     config: ConversationConfig,
-    turn1_output: str | None = None,
+    history: str | Sequence[str] | None = None,
 ) -> list[Message]:
-    """The chat messages for `turn` (1 or 2) of `question`.
+    """The chat messages for `turn` (1 … the question's turn count) of `question`.
 
-    Turn 2 requires the model's own turn-1 output, passed through the history policy.
+    Turn t > 1 requires the model's own outputs of turns 1..t-1 (`history`; a single
+    string for MT-Bench's turn 2), each passed through the history policy and given back
+    as the assistant's message after its user turn.
     """
+    if not 1 <= turn <= len(question.turns):
+        raise ValueError(
+            f"question {question.question_id} has turns 1..{len(question.turns)}, not {turn}"
+        )
+    earlier = [history] if isinstance(history, str) else list(history or [])
+    if len(earlier) < turn - 1:
+        raise ValueError(f"turn {turn} needs the model's outputs of turns 1..{turn - 1}")
     messages: list[Message] = []
     if config.system_prompt:
         messages.append({"role": "system", "content": config.system_prompt})
-    messages.append({"role": "user", "content": question.turns[0]})
-    if turn == 2:
-        if turn1_output is None:
-            raise ValueError("turn 2 needs the model's turn-1 output")
-        history = final_answer(turn1_output) if config.turn2_history == "final" else turn1_output
-        messages.append({"role": "assistant", "content": history})
-        messages.append({"role": "user", "content": question.turns[1]})
-    elif turn != 1:
-        raise ValueError(f"MT-Bench has turns 1 and 2, not {turn}")
+    for index in range(turn):
+        messages.append({"role": "user", "content": question.turns[index]})
+        if index < turn - 1:
+            output = earlier[index]
+            answer = final_answer(output) if config.turn2_history == "final" else output
+            messages.append({"role": "assistant", "content": answer})
     return messages
 
 

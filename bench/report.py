@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.dataset import CATEGORIES
+from bench.dataset import dataset_label
 from bench.metrics import GroupSummary, Summary
 from bench.references import ReferenceTable
 from bench.rundir import Manifest, RunDir, write_text_atomic
@@ -17,7 +17,7 @@ from bench.tables import fmt, fmt_ci, lookup
 
 
 def _rows(summary: Summary) -> list[tuple[str, GroupSummary]]:
-    rows = [(c, summary.categories[c]) for c in CATEGORIES if c in summary.categories]
+    rows = list(summary.categories.items())  # in the dataset's order (MT-Bench: the cards')
     if summary.overall is not None:
         rows.append(("overall", summary.overall))
     return rows
@@ -47,8 +47,10 @@ def step_detail_note(summary: Summary) -> str:
 
 
 def card_table(summary: Summary) -> str:
-    """The model card's table: | Category | MT Bench Acceptance Rate |, then overall."""
-    lines = ["| Category | MT Bench Acceptance Rate |", "|---|---|"]
+    """The model card's table: | Category | MT Bench Acceptance Rate |, then overall (another
+    dataset's name in the header for another dataset)."""
+    label = "MT Bench" if summary.dataset in (None, "mt-bench") else dataset_label(summary.dataset)
+    lines = [f"| Category | {label} Acceptance Rate |", "|---|---|"]
     for name, group in _rows(summary):
         label = "**overall**" if name == "overall" else name
         lines.append(f"| {label} | {fmt(group.acceptance_length)} |")
@@ -76,7 +78,7 @@ def speed_section(summary: Summary) -> str:
     out.append(
         "| Category | tokens/s | 95 % CI | TTFT ms | TPOT ms | step ms |\n|---|---|---|---|---|---|"
     )
-    rows = [(c, speed.categories[c]) for c in CATEGORIES if c in speed.categories]
+    rows = list(speed.categories.items())
     for name, g in [*rows, ("overall", speed.overall)]:
         ci = g.tokens_per_s.ci95
         out.append(
@@ -143,7 +145,7 @@ def render_report(
 def _headline(summary: Summary, manifest: Manifest | None) -> list[str]:
     """The title, warnings for an incomplete or invalid run, and the card's table."""
     title = manifest.run_id if manifest else "run"
-    out = [f"# MT-Bench acceptance: {title}\n"]
+    out = [f"# {dataset_label(summary.dataset)} acceptance: {title}\n"]
     if not summary.complete:
         out.append(
             f"> **Incomplete run**: {len(summary.failed)} failed and {len(summary.missing)} "
@@ -175,9 +177,24 @@ def _setup(summary: Summary, manifest: Manifest) -> list[str]:
         f"| reasoning effort | {c.conversation.reasoning_effort} "
         f"(template uses it: {effort_used}) |\n"
         f"| turn-2 history | {c.conversation.turn2_history} |\n"
-        f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
+        + _dataset_rows(manifest)
+        + f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
         f"| methodology | v{summary.methodology_version} |\n",
     ]
+
+
+def _dataset_rows(manifest: Manifest) -> str:
+    """The dataset and sample, for any dataset but MT-Bench (whose setup table predates
+    them and stays as it was)."""
+    d = manifest.dataset
+    if d.name == "mt-bench":
+        return ""
+    rows = f"| dataset | {dataset_label(d.name)} ({d.source}, sha256 {d.sha256[:12]}…) |\n"
+    if d.sample:
+        rows += f"| sample | {d.sample} |\n"
+    if d.turn_counts:
+        rows += f"| user turns | {sum(d.turn_counts)} in {len(d.turn_counts)} conversations |\n"
+    return rows
 
 
 def _against(summary: Summary, reference: ReferenceTable) -> list[str]:
@@ -223,13 +240,29 @@ def _conventions(summary: Summary) -> list[str]:
     return out
 
 
+MAX_TURN_COLUMNS = 6
+"""Turn columns of the turn split; later turns of long conversations are in summary.json."""
+
+
 def _turn_split(summary: Summary) -> list[str]:
-    out = ["## Turn split\n", "| Category | turn 1 AL | turn 2 AL |\n|---|---|---|"]
+    """Card AL of each turn alone (MT-Bench: turn 1 and turn 2), over the questions that
+    have that turn."""
+    overall = summary.overall
+    turns = [t for t, block in (overall.turns.items() if overall else []) if block.n_questions]
+    if turns == ["1"]:
+        return ["## Turn split\n", "Every question has one turn.\n"]
+    turns = sorted(set(turns) | {"1", "2"}, key=int)
+    shown = turns[:MAX_TURN_COLUMNS]
+    header = " | ".join(f"turn {t} AL" for t in shown)
+    out = ["## Turn split\n", f"| Category | {header} |\n|---|" + "---|" * len(shown)]
     for name, g in _rows(summary):
-        out.append(
-            f"| {name} | {fmt(g.turns['1'].acceptance_length)} | {fmt(g.turns['2'].acceptance_length)} |"
+        cells = " | ".join(
+            fmt(g.turns[t].acceptance_length if t in g.turns else None) for t in shown
         )
+        out.append(f"| {name} | {cells} |")
     out.append("")
+    if len(turns) > len(shown):
+        out.append(f"Turns {int(shown[-1]) + 1} to {turns[-1]} are in summary.json.\n")
     return out
 
 
@@ -312,7 +345,7 @@ def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Pat
         )
     ax.set_ylabel("acceptance length (tokens/step)")
     ax.set_ylim(1, max([k + 1.05, *values]))
-    ax.set_title(f"MT-Bench acceptance length per category (k = {k})")
+    ax.set_title(f"{dataset_label(summary.dataset)} acceptance length per category (k = {k})")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     written.append(folder / "categories.png")

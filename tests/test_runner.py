@@ -207,3 +207,61 @@ def test_report_rebuilds_against_the_stored_reference_table(scripted, tmp_path):
     report = (outcome.run.path / "report.md").read_text()
     assert "## Against nvidia/Kimi-K2-Thinking-Eagle3 model card" in report
     assert "| math |" in report and "3.340" in report
+
+
+def test_every_turn_of_a_long_conversation_gets_the_models_own_earlier_answers(
+    scripted, tmp_path, smol_tokenizer
+):
+    """A user's JSONL (OpenAI messages) with three user turns and a one-turn line: each
+    turn's prompt holds the model's own earlier answers, never the recorded assistant's."""
+    path = tmp_path / "mine.jsonl"
+    lines = [
+        {
+            "id": "chat-a",
+            "messages": [
+                {"role": "user", "content": "First question?"},
+                {"role": "assistant", "content": "RECORDED ANSWER"},
+                {"role": "user", "content": "Second question?"},
+                {"role": "user", "content": "Third question?"},
+            ],
+        },
+        {"question_id": 9, "category": "ops", "turns": ["Only one turn."]},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    engines, _ = scripted
+    config = load_config(None, {"dataset.name": "jsonl", "dataset.questions": str(path)})
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    records = read_records(outcome.run.records_path)
+    assert sorted(r.key for r in records) == [(1, 1), (1, 2), (1, 3), (9, 1)]
+    third = next(r for r in records if r.key == (1, 3))
+    prompt = smol_tokenizer.decode(engines[0].prompts[third_call(records, third)])
+    earlier = [r.text.strip() for r in records if r.question_id == 1 and r.turn < 3]
+    assert all(text in prompt for text in earlier)
+    assert "RECORDED ANSWER" not in prompt
+    summary = outcome.summary
+    assert summary.complete and summary.dataset == "jsonl"
+    assert list(summary.categories) == ["default", "ops"]
+    assert set(summary.overall.turns) == {"1", "2", "3"}
+    assert summary.overall.turns["3"].n_questions == 1
+    manifest = json.loads((outcome.run.path / "manifest.json").read_text())
+    assert manifest["dataset"]["name"] == "jsonl"
+    assert manifest["dataset"]["turn_counts"] == [3, 1]
+    rebuilt = runner.rebuild_report(outcome.run.path)
+    assert rebuilt.model_dump() == summary.model_dump()
+
+
+def third_call(records, record) -> int:
+    """The engine call that produced `record`: records are appended in call order."""
+    return records.index(record)
+
+
+def test_a_humaneval_run_has_one_category_and_one_turn(scripted, tmp_path):
+    config = load_config(None, {"dataset.name": "humaneval", "dataset.limit": 3})
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    summary = outcome.summary
+    assert summary.complete and summary.counted_questions == 3
+    assert list(summary.categories) == ["humaneval"]
+    assert summary.questions[0].turn2_acceptance_length is None
+    assert summary.overall.turns["2"].n_questions == 0
+    report = (outcome.run.path / "report.md").read_text()
+    assert "| humaneval |" in report

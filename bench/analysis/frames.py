@@ -31,7 +31,7 @@ from bench.metrics import (
     decode_acceptance_length_by_position,
     paired_difference_ci95,
     step_positions,
-    summarize,
+    summarize_run,
 )
 from bench.records import TurnRecord, latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
@@ -63,9 +63,7 @@ class Run:
     @cached_property
     def summary(self) -> Summary:
         """`bench.metrics.summarize` over the records: the same figures as summary.json."""
-        return summarize(
-            self.records, self.manifest.config.draft_len, self.manifest.dataset.question_ids
-        )
+        return summarize_run(self.records, self.manifest, None)
 
     @property
     def draft_len(self) -> int:
