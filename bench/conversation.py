@@ -46,6 +46,26 @@ def final_answer(text: str) -> str:
     return text.strip()
 
 
+_HARMONY_FINAL_HEADER = re.compile(r"(?:<\|start\|>assistant)?<\|channel\|>final")
+
+
+def reasoning_end(text: str) -> int:
+    """Characters of `text` up to the end of its reasoning, the boundary `final_answer`
+    cuts at: after the last `</think>`; all of it for an unclosed `<think>` or a gpt-oss
+    analysis channel with no final message; before the header of gpt-oss's last `final`
+    channel (`<|start|>assistant<|channel|>final`) when analysis came before it; 0 when
+    the text has no reasoning."""
+    if _THINK_CLOSE in text:
+        return text.rindex(_THINK_CLOSE) + len(_THINK_CLOSE)
+    if "<think>" in text:
+        return len(text)
+    finals = list(_HARMONY_FINAL_HEADER.finditer(text))
+    if finals:
+        start = finals[-1].start()
+        return start if "<|channel|>analysis" in text[:start] else 0
+    return len(text) if "<|channel|>analysis" in text else 0
+
+
 def turn_messages(
     question: Question,
     turn: int,
@@ -106,6 +126,22 @@ class ChatFormat:
     def decode(self, token_ids: list[int]) -> str:
         """Generated text as the model wrote it, special tokens (e.g. `<think>`) kept."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    def reasoning_tokens(self, token_ids: list[int]) -> int:
+        """Output tokens up to the end of the reasoning (`reasoning_end` of the decoded
+        text): the fewest leading tokens whose decoded text reaches the boundary, found by
+        bisection (decoding a longer prefix never gives a shorter text)."""
+        end = reasoning_end(self.decode(token_ids))
+        if end == 0:
+            return 0
+        low, high = 1, len(token_ids)
+        while low < high:
+            middle = (low + high) // 2
+            if len(self.decode(token_ids[:middle])) >= end:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     @property
     def template_sha256(self) -> str:

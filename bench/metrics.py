@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench import METHODOLOGY_VERSION
 from bench.dataset import CATEGORIES, category_order
 from bench.records import TurnRecord, latest_by_turn
+from bench.segments import SEGMENTS, STRADDLE_RULE, segment_records, turn_status
 from bench.speed import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -419,6 +420,65 @@ def summarize_group(
     return GroupSummary(**block.model_dump(), turns=turns)
 
 
+# --- reasoning and answer apart -------------------------------------------------------
+
+
+class SegmentGroup(BaseModel):
+    """One group's figures for the reasoning, the answer, and both together (over the same
+    split turns), each a `RateBlock` over the questions with steps in that segment."""
+
+    segments: dict[str, RateBlock]
+    split_turns: int
+    """Turns whose steps were assigned (with reasoning, and per-step detail or all of it
+    reasoning)."""
+    no_reasoning_turns: int
+    """Turns with no reasoning: left out of the split."""
+    not_split_turns: int
+    """Turns with reasoning whose steps could not be placed (no per-step detail)."""
+
+
+class SegmentSummary(BaseModel):
+    rule: str
+    """How a step that straddles the boundary is assigned."""
+    overall: SegmentGroup
+    categories: dict[str, SegmentGroup]
+
+
+def _segment_group(
+    questions: Sequence[QuestionSteps], draft_len: int, strata: bool
+) -> SegmentGroup:
+    statuses = [turn_status(r) for q in questions for r in q.turns]
+    blocks: dict[str, RateBlock] = {}
+    for segment in SEGMENTS:
+        parts = []
+        for q in questions:
+            records = [p for r in q.turns if (p := segment_records(r).get(segment))]
+            if records:
+                parts.append(QuestionSteps(q.question_id, q.category, tuple(records)))
+        blocks[segment] = _rate_block(parts, draft_len, None, strata)
+    return SegmentGroup(
+        segments=blocks,
+        split_turns=sum(s in ("split", "all_reasoning") for s in statuses),
+        no_reasoning_turns=statuses.count("no_reasoning"),
+        not_split_turns=statuses.count("not_split"),
+    )
+
+
+def summarize_segments(
+    questions: Sequence[QuestionSteps], draft_len: int, categories: Sequence[str]
+) -> SegmentSummary:
+    """Reasoning and answer apart (docs/metrics.md): every counted turn's steps split at
+    its reasoning boundary, per category and overall, with the same figures as the run."""
+    return SegmentSummary(
+        rule=STRADDLE_RULE,
+        overall=_segment_group(questions, draft_len, strata=True),
+        categories={
+            c: _segment_group([q for q in questions if q.category == c], draft_len, False)
+            for c in categories
+        },
+    )
+
+
 # --- the whole run ---------------------------------------------------------------------
 
 
@@ -461,6 +521,9 @@ class Summary(BaseModel):
     dataset: str | None = None
     """Which dataset the run sent (`DatasetConfig.name`); None in summaries written before
     it was recorded (they ran MT-Bench)."""
+    segments: SegmentSummary | None = None
+    """Reasoning and answer apart; None when no question was counted, and in summaries
+    written before it existed."""
 
 
 def timed_turn(record: TurnRecord) -> TimedTurn | None:
@@ -697,6 +760,9 @@ def summarize(
             aggregate,
         ),
         dataset=dataset,
+        segments=summarize_segments(complete_questions, draft_len, list(by_category))
+        if complete_questions
+        else None,
     )
 
 

@@ -35,6 +35,10 @@ class TurnRecord(Generation):
     prompt_tokens: int
     error: str | None = None
     """Why the turn failed; a failed turn is kept, never averaged in, and redone on resume."""
+    reasoning_tokens: int | None = None
+    """Output tokens up to the end of the turn's reasoning (its close marker included):
+    0 when the turn has none, all of them when the reasoning never closed; None in records
+    written before the split existed (docs/metrics.md "Reasoning and answer apart")."""
 
     @classmethod
     def of(

@@ -135,6 +135,7 @@ def render_report(
     out.append(step_detail_note(summary))
     out += _histogram(summary)
     out += _positions(summary)
+    out += segments_section(summary)
     out.append(speed_section(summary))
     out += _signals_and_failures(summary)
     for plot in plots:  # only the charts that were written
@@ -293,6 +294,44 @@ def _positions(summary: Summary) -> list[str]:
             f"{fmt(jv)} | {fmt(cv)}" for jv, cv in zip(g.joint_acceptance, g.conditional_acceptance)
         )
         out.append(f"| {name} | {cells} |")
+    out.append("")
+    return out
+
+
+def _slashed(values: Sequence[float | int | None], spec: str = ".3f") -> str:
+    return " / ".join(str(v) if isinstance(v, int) else fmt(v, spec) for v in values)
+
+
+def segments_section(summary: Summary) -> list[str]:
+    """Reasoning and answer apart (docs/metrics.md), per category: card, decode and pooled
+    AL, histogram and per-position rates of each segment and of both. Left out when no
+    turn has reasoning (a run of a model that does not think reads as it always did)."""
+    seg = summary.segments
+    if seg is None or not (seg.overall.split_turns or seg.overall.not_split_turns):
+        return []
+    o = seg.overall
+    turns = o.split_turns + o.no_reasoning_turns + o.not_split_turns
+    k = summary.draft_len
+    out = [
+        "## Reasoning and answer apart\n",
+        f"{o.split_turns} of {turns} turns are split at the end of their reasoning; "
+        f"{o.no_reasoning_turns} have no reasoning and {o.not_split_turns} have reasoning "
+        "but no per-step detail to place their steps (both left out of this table). "
+        f"Rule: {seg.rule}. Histogram: decode steps with e = 1 … {k + 1}; joint and "
+        f"conditional acceptance at draft positions j = 1 … {k}.\n",
+        "| Category | segment | card AL | decode AL | pooled AL | histogram | joint | "
+        "conditional |\n|---|---|---|---|---|---|---|---|",
+    ]
+    for name, group in [*seg.categories.items(), ("overall", o)]:
+        for segment, b in group.segments.items():
+            if not b.n_questions:
+                continue
+            out.append(
+                f"| {name} | {segment} | {fmt(b.acceptance_length)} | "
+                f"{fmt(b.decode_acceptance_length)} | {fmt(b.pooled_acceptance_length)} | "
+                f"{_slashed(b.histogram)} | {_slashed(b.joint_acceptance, '.2f')} | "
+                f"{_slashed(b.conditional_acceptance, '.2f')} |"
+            )
     out.append("")
     return out
 

@@ -111,7 +111,8 @@ async def run_turn(
         raise
     except Exception as err:  # an engine fault on this turn: recorded, not fatal
         return TurnRecord.failed(*key, error=f"{type(err).__name__}: {err}")
-    return TurnRecord.of(*key, generation)
+    record = TurnRecord.of(*key, generation)
+    return record.model_copy(update={"reasoning_tokens": chat.reasoning_tokens(record.token_ids)})
 
 
 async def drive(

@@ -19,8 +19,15 @@ from tests.conftest import write_questions
 class ScriptedEngine:
     """Answers every turn with a fixed step pattern and a text naming the call."""
 
-    def __init__(self, tokenizer, fail_on: set[int] = frozenset(), interrupt_on: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        fail_on: set[int] = frozenset(),
+        interrupt_on: int | None = None,
+        think: bool = False,
+    ):
         self.tokenizer = tokenizer
+        self.think = think
         self.prompts: list[list[int]] = []
         self.fail_on = fail_on
         self.interrupt_on = interrupt_on
@@ -36,6 +43,8 @@ class ScriptedEngine:
         if call in self.fail_on:
             raise RuntimeError("the engine fell over")
         text = f" reply number {call}"
+        if self.think:
+            text = f"<think>Plan reply {call} step by step.</think>" + text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         steps = [1] + [min(sampling.draft_len + 1, 2)] * ((len(ids) - 1) // 2)
         steps += [len(ids) - sum(steps)] if sum(steps) < len(ids) else []
@@ -265,3 +274,21 @@ def test_a_humaneval_run_has_one_category_and_one_turn(scripted, tmp_path):
     assert summary.overall.turns["2"].n_questions == 0
     report = (outcome.run.path / "report.md").read_text()
     assert "| humaneval |" in report
+
+
+def test_a_thinking_models_turns_are_split_at_their_reasoning(scripted, config, tmp_path):
+    engines, options = scripted
+    options["think"] = True
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    records = read_records(outcome.run.records_path)
+    for record in records:
+        boundary = record.reasoning_tokens
+        assert 0 < boundary < record.output_tokens
+        decoded = engines[0].tokenizer.decode(record.token_ids[:boundary])
+        assert decoded.endswith("</think>")
+    segments = outcome.summary.segments.overall
+    assert segments.split_turns == len(records) and segments.no_reasoning_turns == 0
+    assert segments.segments["reasoning"].n_questions == 3
+    report = (outcome.run.path / "report.md").read_text()
+    assert "## Reasoning and answer apart" in report
+    assert "| overall | reasoning |" in report and "| overall | answer |" in report
