@@ -39,6 +39,21 @@ CATEGORIES: tuple[str, ...] = (
     "humanities",
 )
 
+SPEED_BENCH_CATEGORIES: tuple[str, ...] = (
+    # SPEED-Bench's qualitative split, 80 prompts each
+    "coding",
+    "humanities",
+    "math",
+    "multilingual",
+    "qa",
+    "rag",
+    "reasoning",
+    "roleplay",
+    "stem",
+    "summarization",
+    "writing",
+)
+
 DATASET_LABELS: dict[str, str] = {
     "mt-bench": "MT-Bench",
     "speed-bench": "SPEED-Bench",

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.config import DatasetConfig, WheelFile
 from bench.dataset import (
+    SPEED_BENCH_CATEGORIES,
     Question,
     QuestionSet,
     _check_question,
@@ -48,19 +49,6 @@ HUMANEVAL_PROMPT = (
 )
 """How a HumanEval stub is asked of a chat model (the stub ends with a newline)."""
 
-SPEED_BENCH_CATEGORIES: tuple[str, ...] = (
-    "coding",
-    "humanities",
-    "math",
-    "multilingual",
-    "qa",
-    "rag",
-    "reasoning",
-    "roleplay",
-    "stem",
-    "summarization",
-    "writing",
-)
 SPEED_BENCH_FIELDS = (
     "question_id",
     "category",

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from bench.config import RunConfig
 from bench.conversation import ChatFormat, load_tokenizer, turn_messages
-from bench.dataset import Question, QuestionSet, load_questions
+from bench.dataset import Question, QuestionSet, dataset_label, load_questions
 from bench.engines import Engine, SamplingParams, create_engine, preflight_engine
 from bench.errors import BenchError
 from bench.metrics import Summary, summarize_run
@@ -303,6 +303,12 @@ def execute(
             "the dataset changed since the run started"
         )
     reference = _load_reference(config)
+    if reference is not None and reference.dataset != config.dataset.name:
+        raise BenchError(
+            f"the reference table {config.reference} measured {dataset_label(reference.dataset)} "
+            f"and this run sends {dataset_label(config.dataset.name)}; drop --reference or "
+            "give a table of the same dataset"
+        )
     if quiet or not sys.stderr.isatty():
         quiet_libraries()
     chat = ChatFormat(load_tokenizer(config.target), config.conversation)
