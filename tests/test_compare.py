@@ -332,4 +332,6 @@ def test_a_reference_table_of_another_dataset_is_refused(make_run, tmp_path, cap
         "name: t\nsource: s\ndraft_len: 3\ndataset: speed-bench\ncategories:\n  qa: 2.5\n"
     )
     code, _, _ = gate(tmp_path, str(table), str(make_run("cand")))
-    assert code == 2 and "measured SPEED-Bench and the candidate MT-Bench" in capsys.readouterr().err
+    assert (
+        code == 2 and "measured SPEED-Bench and the candidate MT-Bench" in capsys.readouterr().err
+    )
