@@ -48,6 +48,11 @@ def test_worked_example():
     assert answer.joint_acceptance == pytest.approx([2 / 3, 1 / 3, 1 / 3])
     assert answer.conditional_acceptance == pytest.approx([2 / 3, 1 / 2, 1])
     assert both.acceptance_length == pytest.approx(17 / 7)  # 2.429, the turn's own AL
+    assert both.decode_acceptance_length == pytest.approx(16 / 6)
+    assert both.histogram == [1, 2, 1, 2]
+    assert both.draft_acceptance_rate == pytest.approx(10 / 18)
+    assert both.conditional_acceptance == pytest.approx([5 / 6, 3 / 5, 2 / 3])
+    assert answer.draft_acceptance_rate == pytest.approx(4 / 9)
     assert both.acceptance_length == summary.overall.acceptance_length
     assert summary.categories["writing"].acceptance_length == pytest.approx(17 / 7)
     assert summary.segments.categories["writing"].segments["answer"].steps == 3
