@@ -71,7 +71,9 @@ def speed_section(summary: Summary) -> str:
         out.append("No timed turns: the engine did not report when each turn's first token came.\n")
         return "\n".join(out)
     out.append(
-        "Per question: tokens/s = (n₁ + n₂) / (t₁ + t₂), TTFT the mean of its turns', "
+        "Per question: tokens/s = "
+        + ("(n₁ + n₂) / (t₁ + t₂)" if _its_turns(summary) == "both turns" else "Σn / Σt")
+        + ", TTFT the mean of its turns', "
         "TPOT = Σ(t − TTFT) / Σ(n − 1), step time = Σ(t − TTFT) / Σ(steps − 1); each "
         "averaged over questions (95 % CI over questions).\n"
     )
@@ -221,10 +223,16 @@ def _against(summary: Summary, reference: ReferenceTable) -> list[str]:
     return out
 
 
+def _its_turns(summary: Summary) -> str:
+    """How a question's turns are named: MT-Bench's two, or any number."""
+    return "both turns" if summary.dataset in (None, "mt-bench") else "all its turns"
+
+
 def _conventions(summary: Summary) -> list[str]:
     out = [
         "## Other conventions\n",
-        "Card AL: per question Σe/steps over both turns, averaged over questions. Decode AL: "
+        f"Card AL: per question Σe/steps over {_its_turns(summary)}, averaged over questions. "
+        "Decode AL: "
         "the same without prefill steps. Pooled AL: Σe/Σsteps over all steps (token-weighted). "
         "Draft acceptance: Σ(e−1)/(k·decode steps); 'of proposed' divides by the drafts "
         "the engine really proposed.\n",
