@@ -127,10 +127,13 @@ class ChatFormat:
         """Generated text as the model wrote it, special tokens (e.g. `<think>`) kept."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)
 
-    def reasoning_tokens(self, token_ids: list[int]) -> int:
+    def reasoning_tokens(self, token_ids: list[int]) -> int | None:
         """Output tokens up to the end of the reasoning (`reasoning_end` of the decoded
         text): the fewest leading tokens whose decoded text reaches the boundary, found by
-        bisection (decoding a longer prefix never gives a shorter text)."""
+        bisection (decoding a longer prefix never gives a shorter text). None when the
+        engine returned no token ids (the split then reads the turn's text alone)."""
+        if not token_ids:
+            return None
         end = reasoning_end(self.decode(token_ids))
         if end == 0:
             return 0

@@ -116,3 +116,4 @@ def test_reasoning_tokens_is_the_boundary_in_tokens(smol_tokenizer):
     assert chat.decode(ids[:boundary]).endswith("</think>")
     assert not chat.decode(ids[: boundary - 1]).endswith("</think>")
     assert chat.reasoning_tokens(smol_tokenizer("No reasoning.")["input_ids"]) == 0
+    assert chat.reasoning_tokens([]) is None  # no ids from the engine: the text decides
