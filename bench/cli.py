@@ -50,8 +50,12 @@ RUN_OVERRIDES: dict[str, str] = {
     "seed": "sampling.seed",
     "reasoning_effort": "conversation.reasoning_effort",
     "turn2_history": "conversation.turn2_history",
+    "dataset": "dataset.name",
     "questions": "dataset.questions",
-    "dataset": "dataset.hf_dataset",
+    "hf_dataset": "dataset.hf_dataset",
+    "sample": "dataset.sample",
+    "sample_seed": "dataset.seed",
+    "max_turns": "dataset.max_turns",
     "question_ids": "dataset.question_ids",
     "categories": "dataset.categories",
     "limit": "dataset.limit",
@@ -100,8 +104,20 @@ def _add_run_settings(p: Any) -> None:
         choices=["final", "raw"],
         help="turn-1 answer given back in turn 2: reasoning removed (final) or as generated",
     )
-    p.add_argument("--questions", help="FastChat-format question.jsonl")
-    p.add_argument("--dataset", help="Hugging Face dataset id (e.g. philschmid/mt-bench)")
+    p.add_argument(
+        "--dataset",
+        choices=["mt-bench", "speed-bench", "humaneval", "sharegpt", "jsonl"],
+        help="what runs (default mt-bench); jsonl: your conversations, given with --questions",
+    )
+    p.add_argument(
+        "--questions",
+        help="a file: MT-Bench's FastChat question.jsonl, SPEED-Bench's rebuilt prompts, "
+        "or your JSONL of conversations (FastChat or OpenAI messages)",
+    )
+    p.add_argument("--hf-dataset", help="MT-Bench from a Hugging Face dataset id")
+    p.add_argument("--sample", type=int, help="sharegpt: conversations drawn (default 80)")
+    p.add_argument("--sample-seed", type=int, help="sharegpt: seed of the sample (default 0)")
+    p.add_argument("--max-turns", type=int, help="send at most N user turns per conversation")
     p.add_argument("--question-ids", type=_int_list, help="e.g. 81,82,101")
     p.add_argument("--categories", type=_str_list, help="e.g. writing,math")
     p.add_argument("--limit", type=int, help="N questions spread over the categories")

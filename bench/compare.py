@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.config import describe_validation_error, read_yaml
-from bench.dataset import CATEGORIES
+from bench.dataset import CATEGORIES, SPEED_BENCH_CATEGORIES, dataset_label
 from bench.errors import BenchError
 from bench.metrics import Summary, paired_difference_ci95
 from bench.references import ReferenceTable, load_reference
@@ -65,6 +65,7 @@ COMPARABILITY: dict[str, str] = {
     "methodology": "methodology version",
     "drafter": "drafter (kind and checkpoint files)",
     "precision": "target weight precision (dtype and quantisation)",
+    "dataset": "dataset (a comparison across datasets is refused unless allowed)",
 }
 
 PAIRED_METHOD = (
@@ -114,16 +115,24 @@ def load_gate(path: str | Path | None) -> GateConfig:
         gate = GateConfig.model_validate(data)
     except ValidationError as err:
         raise BenchError(describe_validation_error(err, f"gate file {path}")) from None
-    check_names(gate)
+    check_names(gate, _every_known_category())
     return gate
 
 
-def check_names(gate: GateConfig) -> None:
-    unknown_cats = sorted(set(gate.categories) - {*CATEGORIES, "overall"})
+def _every_known_category() -> list[str]:
+    """Every built-in dataset's categories: a gate file is checked against the runs it
+    compares later, when they are known."""
+    return [*CATEGORIES, *SPEED_BENCH_CATEGORIES, "humaneval", "sharegpt"]
+
+
+def check_names(gate: GateConfig, known: Sequence[str] = CATEGORIES) -> None:
+    """The gate's category and `allow` names exist (categories: `known`, the compared
+    runs' own, MT-Bench's by default)."""
+    unknown_cats = sorted(set(gate.categories) - {*known, "overall"})
     if unknown_cats:
         raise BenchError(
             f"unknown categories in the gate's tolerances: {', '.join(unknown_cats)} "
-            f"(known: {', '.join(CATEGORIES)}, overall)"
+            f"(known: {', '.join(known)}, overall)"
         )
     unknown = sorted(set(gate.allow) - set(COMPARABILITY))
     if unknown:
@@ -158,6 +167,18 @@ class Side:
             return None
         group = lookup(self.summary, name)
         return group.ci95 if group is not None else None
+
+    def categories(self) -> list[str]:
+        """Its categories, in its own report order."""
+        if self.summary is not None:
+            return list(self.summary.categories)
+        assert self.reference is not None
+        return list(self.reference.categories)
+
+    @property
+    def dataset(self) -> str:
+        """The dataset it measured (MT-Bench where it predates the record)."""
+        return self.settings.get("dataset") or "mt-bench"
 
     def question_als(self) -> dict[int, tuple[str, float]] | None:
         if self.summary is None:
@@ -223,6 +244,7 @@ def load_side(path: str | Path) -> Side:
             "turn2_history": c.conversation.turn2_history,
             "methodology": manifest.methodology_version,
             "precision": target_precision(manifest),
+            "dataset": manifest.dataset.name,
         }
         if settings["draft_len"] != summary.draft_len:
             raise BenchError(f"{run.path}: manifest and summary.json disagree on draft_len")
@@ -237,7 +259,7 @@ def load_side(path: str | Path) -> Side:
             "reference",
             str(path),
             reference=table,
-            settings={"draft_len": table.draft_len},
+            settings={"draft_len": table.draft_len, "dataset": table.dataset},
         )
     raise BenchError(
         f"{path} is neither a run directory, a .json summary nor a .yaml reference table"
@@ -332,8 +354,8 @@ def _comparability(base: Side, cand: Side, allow: Sequence[str]) -> tuple[list[C
     checks: list[Check] = []
     notes: list[str] = []
     for name, meaning in COMPARABILITY.items():
-        if name == "drafter":
-            continue  # from the manifests, below
+        if name in ("drafter", "dataset"):
+            continue  # from the manifests, below; the dataset is refused before
         b, c = base.settings.get(name), cand.settings.get(name)
         if b is None or c is None:
             if base.reference is not None or cand.reference is not None:
@@ -460,7 +482,7 @@ def _speed(base: Side, cand: Side) -> SpeedComparison | None:
         return None
     return SpeedComparison(
         method=SPEED_METHOD.format(resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED),
-        rows=speed_rows(b, c, CATEGORIES),
+        rows=speed_rows(b, c, _names(base, cand)),
         baseline_aggregate_tokens_per_s=b.aggregate.tokens_per_s if b.aggregate else None,
         candidate_aggregate_tokens_per_s=c.aggregate.tokens_per_s if c.aggregate else None,
         baseline_concurrency=b.aggregate.concurrency if b.aggregate else None,
@@ -487,9 +509,36 @@ def _speed_gate(speed: SpeedComparison | None, gate: GateConfig) -> list[Check]:
     return [Check(kind="speed", subject="overall", message=message)]
 
 
+def _names(base: Side, cand: Side) -> list[str]:
+    """Both sides' categories: the baseline's order, then any only the candidate has."""
+    names = base.categories()
+    return names + [c for c in cand.categories() if c not in names]
+
+
+def refuse_across_datasets(base: Side, cand: Side, allow: Sequence[str]) -> str | None:
+    """The one sentence refusing a comparison across datasets (their categories and
+    questions differ, so every row would compare unlike things); a note when `allow`
+    asks for it anyway; None when both measured the same dataset."""
+    if base.dataset == cand.dataset:
+        return None
+    said = (
+        f"the baseline measured {dataset_label(base.dataset)} and the candidate "
+        f"{dataset_label(cand.dataset)}"
+    )
+    if "dataset" in allow:
+        return f"{said}; compared anyway (--allow dataset): rows match by category name only"
+    raise BenchError(
+        f"{said}: a comparison across datasets is refused (pass --allow dataset to compare "
+        "them anyway)"
+    )
+
+
 def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
-    check_names(gate)
+    check_names(gate, [*base.categories(), *cand.categories()])
+    across = refuse_across_datasets(base, cand, gate.allow)
     checks, notes = _comparability(base, cand, gate.allow)
+    if across:
+        notes.append(across)
     checks += _sanity(base, "baseline") + _sanity(cand, "candidate")
 
     paired = base.summary is not None and cand.summary is not None
@@ -505,7 +554,9 @@ def compare(base: Side, cand: Side, gate: GateConfig) -> Comparison:
         which = "the baseline" if base.summary is None else "the candidate"
         method = REFERENCE_METHOD.format(which=which)
 
-    names = [c for c in CATEGORIES if base.value(c) is not None or cand.value(c) is not None]
+    names = [
+        c for c in _names(base, cand) if base.value(c) is not None or cand.value(c) is not None
+    ]
     rows = [_row(base, cand, n, gate, paired) for n in [*names, "overall"]]
     for side in (base, cand):
         if side.reference is not None:

@@ -292,21 +292,42 @@ class ConversationConfig(Frozen):
     """Extra variables for the chat template."""
 
 
+DatasetName = Literal["mt-bench", "speed-bench", "humaneval", "sharegpt", "jsonl"]
+
+
 class DatasetConfig(Frozen):
+    name: DatasetName = "mt-bench"
+    """What runs: MT-Bench (80 two-turn questions), SPEED-Bench's qualitative split (880
+    prompts, 11 categories), HumanEval (164 problems), a seeded ShareGPT sample, or a
+    user's JSONL of conversations (docs: README "Choosing what runs")."""
     questions: str | None = None
-    """A FastChat-format question.jsonl; default: the pinned offline copy."""
+    """A file to read: MT-Bench's FastChat question.jsonl (default: the pinned offline
+    copy); for `speed-bench` the rebuilt prompts (default: the cache); for `jsonl` the
+    user's conversations (required)."""
     hf_dataset: str | None = None
-    """A Hugging Face dataset id (philschmid/mt-bench, HuggingFaceH4/mt_bench_prompts)."""
+    """MT-Bench from a Hugging Face dataset id (philschmid/mt-bench, HuggingFaceH4/mt_bench_prompts)."""
     hf_split: str = "train"
     question_ids: list[int] | None = None
     categories: list[str] | None = None
     limit: int | None = Field(None, ge=1)
-    """Take this many questions spread over the categories."""
+    """Take this many questions spread evenly over the categories."""
+    sample: int = Field(80, ge=1)
+    """`sharegpt`: conversations drawn from the benchmark partition."""
+    seed: int = 0
+    """`sharegpt`: seed of the sample."""
+    max_turns: int | None = Field(None, ge=1)
+    """Send at most this many user turns of each conversation (default: all)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
         if self.questions is not None and self.hf_dataset is not None:
             raise ValueError("dataset takes questions or hf_dataset, not both")
+        if self.hf_dataset is not None and self.name != "mt-bench":
+            raise ValueError("hf_dataset reads MT-Bench only; drop it or use name: mt-bench")
+        if self.name == "jsonl" and self.questions is None:
+            raise ValueError("name: jsonl needs questions: the path of the conversations file")
+        if self.questions is not None and self.name in ("humaneval", "sharegpt"):
+            raise ValueError(f"{self.name} is read from its pinned wheel; drop questions")
         return self
 
 

@@ -3,14 +3,16 @@
 The chat template is applied here, on the client side, with the target's own tokenizer, so
 every engine sees the same token ids. `reasoning_effort` is handed to the template; whether
 the template actually uses it is found out by rendering with two values and comparing, and
-recorded. Turn 2 gets the model's turn-1 answer back as the assistant message, with its
-reasoning removed by default (`turn2_history: final`) or as generated (`raw`).
+recorded. Turn t gets the model's own answers to turns 1..t-1 back as the assistant messages (MT-Bench:
+turn 2 gets turn 1's), with their reasoning removed by default (`turn2_history: final`) or
+as generated (`raw`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,28 +46,54 @@ def final_answer(text: str) -> str:
     return text.strip()
 
 
+_HARMONY_FINAL_HEADER = re.compile(r"(?:<\|start\|>assistant)?<\|channel\|>final")
+
+
+def reasoning_end(text: str) -> int:
+    """Characters of `text` up to the end of its reasoning, the boundary `final_answer`
+    cuts at: after the last `</think>`; all of it for an unclosed `<think>` or a gpt-oss
+    analysis channel with no final message; before the header of gpt-oss's last `final`
+    channel (`<|start|>assistant<|channel|>final`) when analysis came before it; 0 when
+    the text has no reasoning."""
+    if _THINK_CLOSE in text:
+        return text.rindex(_THINK_CLOSE) + len(_THINK_CLOSE)
+    if "<think>" in text:
+        return len(text)
+    finals = list(_HARMONY_FINAL_HEADER.finditer(text))
+    if finals:
+        start = finals[-1].start()
+        return start if "<|channel|>analysis" in text[:start] else 0
+    return len(text) if "<|channel|>analysis" in text else 0
+
+
 def turn_messages(
     question: Question,
     turn: int,
     config: ConversationConfig,
-    turn1_output: str | None = None,
+    history: str | Sequence[str] | None = None,
 ) -> list[Message]:
-    """The chat messages for `turn` (1 or 2) of `question`.
+    """The chat messages for `turn` (1 … the question's turn count) of `question`.
 
-    Turn 2 requires the model's own turn-1 output, passed through the history policy.
+    Turn t > 1 requires the model's own outputs of turns 1..t-1 (`history`; a single
+    string for MT-Bench's turn 2), each passed through the history policy and given back
+    as the assistant's message after its user turn.
     """
+    if not 1 <= turn <= len(question.turns):
+        raise ValueError(
+            f"question {question.question_id} has turns 1..{len(question.turns)}, not {turn}"
+        )
+    earlier = [history] if isinstance(history, str) else list(history or [])
+    if len(earlier) < turn - 1:
+        raise ValueError(f"turn {turn} needs the model's outputs of turns 1..{turn - 1}")
     messages: list[Message] = []
     if config.system_prompt:
         messages.append({"role": "system", "content": config.system_prompt})
-    messages.append({"role": "user", "content": question.turns[0]})
-    if turn == 2:
-        if turn1_output is None:
-            raise ValueError("turn 2 needs the model's turn-1 output")
-        history = final_answer(turn1_output) if config.turn2_history == "final" else turn1_output
-        messages.append({"role": "assistant", "content": history})
-        messages.append({"role": "user", "content": question.turns[1]})
-    elif turn != 1:
-        raise ValueError(f"MT-Bench has turns 1 and 2, not {turn}")
+    for index in range(turn):
+        messages.append({"role": "user", "content": question.turns[index]})
+        if index < turn - 1:
+            output = earlier[index]
+            answer = final_answer(output) if config.turn2_history == "final" else output
+            messages.append({"role": "assistant", "content": answer})
     return messages
 
 
@@ -98,6 +126,25 @@ class ChatFormat:
     def decode(self, token_ids: list[int]) -> str:
         """Generated text as the model wrote it, special tokens (e.g. `<think>`) kept."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    def reasoning_tokens(self, token_ids: list[int]) -> int | None:
+        """Output tokens up to the end of the reasoning (`reasoning_end` of the decoded
+        text): the fewest leading tokens whose decoded text reaches the boundary, found by
+        bisection (decoding a longer prefix never gives a shorter text). None when the
+        engine returned no token ids (the split then reads the turn's text alone)."""
+        if not token_ids:
+            return None
+        end = reasoning_end(self.decode(token_ids))
+        if end == 0:
+            return 0
+        low, high = 1, len(token_ids)
+        while low < high:
+            middle = (low + high) // 2
+            if len(self.decode(token_ids[:middle])) >= end:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     @property
     def template_sha256(self) -> str:

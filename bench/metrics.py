@@ -9,23 +9,24 @@ The histogram and the per-position rates need each step, so they rest only on tu
 whose per-step detail is real (`Generation.has_step_detail`), and say how many those are.
 
 Output: a `Summary` with the model-card figure per category and overall, the other
-conventions beside it, labelled, and the sanity signals. Only questions with both turns
-recorded and successful enter the averages; the others are listed as missing or failed,
-and the summary says it is incomplete.
+conventions beside it, labelled, and the sanity signals. Only questions with every turn
+recorded and successful enter the averages (MT-Bench: both; other datasets may have one or
+many); the others are listed as missing or failed, and the summary says it is incomplete.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench import METHODOLOGY_VERSION
-from bench.dataset import CATEGORIES
+from bench.dataset import CATEGORIES, category_order
 from bench.records import TurnRecord, latest_by_turn
+from bench.segments import SEGMENTS, STRADDLE_RULE, segment_records, turn_status
 from bench.speed import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -34,6 +35,9 @@ from bench.speed import (
     TimedTurn,
     summarize_speed,
 )
+
+if TYPE_CHECKING:
+    from bench.rundir import Manifest
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -245,11 +249,14 @@ def paired_difference_ci95(
 
 @dataclass(frozen=True)
 class QuestionSteps:
-    """Both turns of one question, and what each figure reads from them."""
+    """Every turn of one question, and what each figure reads from them."""
 
     question_id: int
     category: str
-    turns: tuple[TurnRecord, TurnRecord]
+    turns: tuple[TurnRecord, ...]
+
+    def has_turn(self, turn: int | None) -> bool:
+        return turn is None or turn <= len(self.turns)
 
     def _chosen(self, turn: int | None) -> tuple[TurnRecord, ...]:
         return self.turns if turn is None else (self.turns[turn - 1],)
@@ -312,13 +319,14 @@ class QuestionSummary(BaseModel):
     category: str
     acceptance_length: float
     turn1_acceptance_length: float
-    turn2_acceptance_length: float
+    turn2_acceptance_length: float | None
+    """None for a question of one turn."""
     decode_acceptance_length: float | None
     steps: int
     output_tokens: int
-    finish_reasons: tuple[str, str]
+    finish_reasons: tuple[str, ...]
     step_detail_turns: int = 2
-    """How many of its two turns have real per-step detail."""
+    """How many of its turns have real per-step detail."""
 
 
 # --- per group of questions ------------------------------------------------------------
@@ -365,6 +373,7 @@ class RateBlock(BaseModel):
 def _rate_block(
     questions: Sequence[QuestionSteps], draft_len: int, turn: int | None, strata: bool
 ) -> RateBlock:
+    questions = [q for q in questions if q.has_turn(turn)]
     per_question = [q.acceptance_length(turn) for q in questions]
     decode_per_question = [q.decode_acceptance_length(turn) for q in questions]
     decode_values = [v for v in decode_per_question if v is not None]
@@ -426,15 +435,76 @@ def _lowest_acceptance_length(questions: Sequence[QuestionSteps], turn: int | No
 
 class GroupSummary(RateBlock):
     turns: dict[str, RateBlock]
-    """Turn "1" and turn "2" alone, each with the same figures."""
+    """Each turn alone ("1", "2", … up to the longest question; always "1" and "2"), each
+    with the same figures over the questions that have that turn."""
 
 
 def summarize_group(
     questions: Sequence[QuestionSteps], draft_len: int, strata: bool = False
 ) -> GroupSummary:
     block = _rate_block(questions, draft_len, None, strata)
-    turns = {str(t): _rate_block(questions, draft_len, t, strata) for t in (1, 2)}
+    longest = max([2, *(len(q.turns) for q in questions)])
+    turns = {str(t): _rate_block(questions, draft_len, t, strata) for t in range(1, longest + 1)}
     return GroupSummary(**block.model_dump(), turns=turns)
+
+
+# --- reasoning and answer apart -------------------------------------------------------
+
+
+class SegmentGroup(BaseModel):
+    """One group's figures for the reasoning, the answer, and both together (over the same
+    split turns), each a `RateBlock` over the questions with steps in that segment."""
+
+    segments: dict[str, RateBlock]
+    split_turns: int
+    """Turns whose steps were assigned (with reasoning, and per-step detail or all of it
+    reasoning)."""
+    no_reasoning_turns: int
+    """Turns with no reasoning: left out of the split."""
+    not_split_turns: int
+    """Turns with reasoning whose steps could not be placed (no per-step detail)."""
+
+
+class SegmentSummary(BaseModel):
+    rule: str
+    """How a step that straddles the boundary is assigned."""
+    overall: SegmentGroup
+    categories: dict[str, SegmentGroup]
+
+
+def _segment_group(
+    questions: Sequence[QuestionSteps], draft_len: int, strata: bool
+) -> SegmentGroup:
+    statuses = [turn_status(r) for q in questions for r in q.turns]
+    blocks: dict[str, RateBlock] = {}
+    for segment in SEGMENTS:
+        parts = []
+        for q in questions:
+            records = [p for r in q.turns if (p := segment_records(r).get(segment))]
+            if records:
+                parts.append(QuestionSteps(q.question_id, q.category, tuple(records)))
+        blocks[segment] = _rate_block(parts, draft_len, None, strata)
+    return SegmentGroup(
+        segments=blocks,
+        split_turns=sum(s in ("split", "all_reasoning") for s in statuses),
+        no_reasoning_turns=statuses.count("no_reasoning"),
+        not_split_turns=statuses.count("not_split"),
+    )
+
+
+def summarize_segments(
+    questions: Sequence[QuestionSteps], draft_len: int, categories: Sequence[str]
+) -> SegmentSummary:
+    """Reasoning and answer apart (docs/metrics.md): every counted turn's steps split at
+    its reasoning boundary, per category and overall, with the same figures as the run."""
+    return SegmentSummary(
+        rule=STRADDLE_RULE,
+        overall=_segment_group(questions, draft_len, strata=True),
+        categories={
+            c: _segment_group([q for q in questions if q.category == c], draft_len, False)
+            for c in categories
+        },
+    )
 
 
 # --- the whole run ---------------------------------------------------------------------
@@ -476,6 +546,12 @@ class Summary(BaseModel):
     speed: SpeedSummary | None = None
     """Timing beside acceptance (docs/metrics.md "Speed"); None in summaries written before
     it existed."""
+    dataset: str | None = None
+    """Which dataset the run sent (`DatasetConfig.name`); None in summaries written before
+    it was recorded (they ran MT-Bench)."""
+    segments: SegmentSummary | None = None
+    """Reasoning and answer apart; None when no question was counted, and in summaries
+    written before it existed."""
 
 
 def timed_turn(record: TurnRecord) -> TimedTurn | None:
@@ -646,36 +722,48 @@ def summarize(
     draft_len: int,
     expected_question_ids: Sequence[int] | None = None,
     aggregate: AggregateSpeed | None = None,
+    expected_turns: dict[int, int] | None = None,
+    categories: Sequence[str] = CATEGORIES,
+    dataset: str | None = None,
 ) -> Summary:
     """The run's summary from its records (the last record of each turn counts);
-    `aggregate` is the run's decoding throughput, from its manifest, when it records it."""
+    `aggregate` is the run's decoding throughput, from its manifest, when it records it.
+    `expected_turns` maps question id to its turn count (default: two each, MT-Bench's);
+    `categories` gives the report order (any other category found follows)."""
     latest = latest_by_turn(list(records))
     ids = sorted(
         set(expected_question_ids)
         if expected_question_ids is not None
         else {qid for qid, _ in latest}
     )
+    if expected_turns is None:
+        expected_turns = {}
+        if expected_question_ids is None:  # as many as were recorded, at least two
+            for qid, turn in latest:
+                expected_turns[qid] = max(expected_turns.get(qid, 2), turn)
     missing: list[TurnRef] = []
     failed: list[TurnRef] = []
     complete_questions: list[QuestionSteps] = []
     for qid in ids:
-        pair = []
-        for turn in (1, 2):
+        turns = []
+        expected = expected_turns.get(qid, 2)
+        for turn in range(1, expected + 1):
             record = latest.get((qid, turn))
             if record is None:
                 missing.append(TurnRef(question_id=qid, turn=turn))
             elif not record.ok:
                 failed.append(TurnRef(question_id=qid, turn=turn, error=record.error))
             else:
-                pair.append(record)
-        if len(pair) == 2:
-            complete_questions.append(QuestionSteps(qid, pair[0].category, (pair[0], pair[1])))
+                turns.append(record)
+        if len(turns) == expected:
+            complete_questions.append(QuestionSteps(qid, turns[0].category, tuple(turns)))
 
-    categories: dict[str, GroupSummary] = {}
-    for category in CATEGORIES:
+    by_category: dict[str, GroupSummary] = {}
+    found = {q.category for q in complete_questions}
+    for category in [*categories, *category_order(found - set(categories))]:
         members = [q for q in complete_questions if q.category == category]
         if members:
-            categories[category] = summarize_group(members, draft_len)
+            by_category[category] = summarize_group(members, draft_len)
     overall = (
         summarize_group(complete_questions, draft_len, strata=True) if complete_questions else None
     )
@@ -685,12 +773,12 @@ def summarize(
             category=q.category,
             acceptance_length=q.acceptance_length(),
             turn1_acceptance_length=q.acceptance_length(1),
-            turn2_acceptance_length=q.acceptance_length(2),
+            turn2_acceptance_length=q.acceptance_length(2) if q.has_turn(2) else None,
             decode_acceptance_length=q.decode_acceptance_length(),
             steps=q.step_count(),
             output_tokens=q.output_tokens(),
             step_detail_turns=len(q.detail_turns()),
-            finish_reasons=(q.turns[0].finish_reason, q.turns[1].finish_reason),
+            finish_reasons=tuple(r.finish_reason for r in q.turns),
         )
         for q in complete_questions
     ]
@@ -709,7 +797,7 @@ def summarize(
         length_capped_turns=capped,
         length_capped_share=capped / len(ok_turns) if ok_turns else None,
         overall=overall,
-        categories=categories,
+        categories=by_category,
         questions=question_rows,
         signals=signals,
         bootstrap={
@@ -721,10 +809,31 @@ def summarize(
         },
         speed=summarize_speed(
             [
-                (q.question_id, q.category, (timed_turn(q.turns[0]), timed_turn(q.turns[1])))
+                (q.question_id, q.category, tuple(timed_turn(r) for r in q.turns))
                 for q in complete_questions
             ],
-            CATEGORIES,
+            list(by_category),
             aggregate,
         ),
+        dataset=dataset,
+        segments=summarize_segments(complete_questions, draft_len, list(by_category))
+        if complete_questions
+        else None,
+    )
+
+
+def summarize_run(
+    records: Sequence[TurnRecord], manifest: Manifest, aggregate: AggregateSpeed | None
+) -> Summary:
+    """The summary of a run's records, with the questions, turns and categories its
+    manifest says it ran."""
+    dataset = manifest.dataset
+    return summarize(
+        records,
+        manifest.config.draft_len,
+        dataset.question_ids,
+        aggregate,
+        expected_turns=dataset.expected_turns(),
+        categories=dataset.categories or CATEGORIES,
+        dataset=dataset.name,
     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from bench.engines import FinishReason, Generation
 from bench.errors import BenchError
@@ -31,10 +30,15 @@ class TurnRecord(Generation):
     schema_version: int = RECORD_SCHEMA_VERSION
     question_id: int
     category: str
-    turn: Literal[1, 2]
+    turn: int = Field(ge=1)
+    """1 … the question's turn count (MT-Bench: 1 or 2)."""
     prompt_tokens: int
     error: str | None = None
     """Why the turn failed; a failed turn is kept, never averaged in, and redone on resume."""
+    reasoning_tokens: int | None = None
+    """Output tokens up to the end of the turn's reasoning (its close marker included):
+    0 when the turn has none, all of them when the reasoning never closed; None in records
+    written before the split existed (docs/metrics.md "Reasoning and answer apart")."""
 
     @classmethod
     def of(

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from bench.config import describe_validation_error, read_yaml
-from bench.dataset import CATEGORIES
+from bench.dataset import CATEGORIES, SPEED_BENCH_CATEGORIES
 from bench.errors import BenchError
 
 
@@ -26,12 +26,15 @@ class ReferenceTable(BaseModel):
     draft_len: int
     setup: str = ""
     """Engine, hardware, reasoning setting, as published."""
+    dataset: str = "mt-bench"
+    """The dataset the table measured (`DatasetConfig.name`)."""
     categories: dict[str, float]
 
     @model_validator(mode="after")
     def _known(self) -> ReferenceTable:
-        unknown = sorted(set(self.categories) - set(CATEGORIES))
-        if unknown:
+        known = SPEED_BENCH_CATEGORIES if self.dataset == "speed-bench" else CATEGORIES
+        unknown = sorted(set(self.categories) - set(known))
+        if unknown and self.dataset in ("mt-bench", "speed-bench"):
             raise ValueError(f"unknown categories {unknown}")
         return self
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.dataset import CATEGORIES
+from bench.dataset import dataset_label
 from bench.metrics import GroupSummary, Summary
 from bench.references import ReferenceTable
 from bench.rundir import Manifest, RunDir, write_text_atomic
@@ -17,7 +17,7 @@ from bench.tables import fmt, fmt_ci, lookup
 
 
 def _rows(summary: Summary) -> list[tuple[str, GroupSummary]]:
-    rows = [(c, summary.categories[c]) for c in CATEGORIES if c in summary.categories]
+    rows = list(summary.categories.items())  # in the dataset's order (MT-Bench: the cards')
     if summary.overall is not None:
         rows.append(("overall", summary.overall))
     return rows
@@ -64,8 +64,10 @@ def step_detail_line(overall: GroupSummary) -> str:
 
 
 def card_table(summary: Summary) -> str:
-    """The model card's table: | Category | MT Bench Acceptance Rate |, then overall."""
-    lines = ["| Category | MT Bench Acceptance Rate |", "|---|---|"]
+    """The model card's table: | Category | MT Bench Acceptance Rate |, then overall (another
+    dataset's name in the header for another dataset)."""
+    label = "MT Bench" if summary.dataset in (None, "mt-bench") else dataset_label(summary.dataset)
+    lines = [f"| Category | {label} Acceptance Rate |", "|---|---|"]
     for name, group in _rows(summary):
         label = "**overall**" if name == "overall" else name
         lines.append(f"| {label} | {fmt(group.acceptance_length)} |")
@@ -86,14 +88,16 @@ def speed_section(summary: Summary) -> str:
         out.append("No timed turns: the engine did not report when each turn's first token came.\n")
         return "\n".join(out)
     out.append(
-        "Per question: tokens/s = (n₁ + n₂) / (t₁ + t₂), TTFT the mean of its turns', "
+        "Per question: tokens/s = "
+        + ("(n₁ + n₂) / (t₁ + t₂)" if _its_turns(summary) == "both turns" else "Σn / Σt")
+        + ", TTFT the mean of its turns', "
         "TPOT = Σ(t − TTFT) / Σ(n − 1), step time = Σ(t − TTFT) / Σ(steps − 1); each "
         "averaged over questions (95 % CI over questions).\n"
     )
     out.append(
         "| Category | tokens/s | 95 % CI | TTFT ms | TPOT ms | step ms |\n|---|---|---|---|---|---|"
     )
-    rows = [(c, speed.categories[c]) for c in CATEGORIES if c in speed.categories]
+    rows = list(speed.categories.items())
     for name, g in [*rows, ("overall", speed.overall)]:
         ci = g.tokens_per_s.ci95
         out.append(
@@ -150,6 +154,7 @@ def render_report(
     out.append(step_detail_note(summary))
     out += _histogram(summary)
     out += _positions(summary)
+    out += segments_section(summary)
     out.append(speed_section(summary))
     out += _signals_and_failures(summary)
     for plot in plots:  # only the charts that were written
@@ -160,7 +165,7 @@ def render_report(
 def _headline(summary: Summary, manifest: Manifest | None) -> list[str]:
     """The title, warnings for an incomplete or invalid run, and the card's table."""
     title = manifest.run_id if manifest else "run"
-    out = [f"# MT-Bench acceptance: {title}\n"]
+    out = [f"# {dataset_label(summary.dataset)} acceptance: {title}\n"]
     if not summary.complete:
         out.append(
             f"> **Incomplete run**: {len(summary.failed)} failed and {len(summary.missing)} "
@@ -192,9 +197,24 @@ def _setup(summary: Summary, manifest: Manifest) -> list[str]:
         f"| reasoning effort | {c.conversation.reasoning_effort} "
         f"(template uses it: {effort_used}) |\n"
         f"| turn-2 history | {c.conversation.turn2_history} |\n"
-        f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
+        + _dataset_rows(manifest)
+        + f"| questions | {summary.counted_questions} of {summary.expected_questions} |\n"
         f"| methodology | v{summary.methodology_version} |\n",
     ]
+
+
+def _dataset_rows(manifest: Manifest) -> str:
+    """The dataset and sample, for any dataset but MT-Bench (whose setup table predates
+    them and stays as it was)."""
+    d = manifest.dataset
+    if d.name == "mt-bench":
+        return ""
+    rows = f"| dataset | {dataset_label(d.name)} ({d.source}, sha256 {d.sha256[:12]}…) |\n"
+    if d.sample:
+        rows += f"| sample | {d.sample} |\n"
+    if d.turn_counts:
+        rows += f"| user turns | {sum(d.turn_counts)} in {len(d.turn_counts)} conversations |\n"
+    return rows
 
 
 def _against(summary: Summary, reference: ReferenceTable) -> list[str]:
@@ -220,10 +240,16 @@ def _against(summary: Summary, reference: ReferenceTable) -> list[str]:
     return out
 
 
+def _its_turns(summary: Summary) -> str:
+    """How a question's turns are named: MT-Bench's two, or any number."""
+    return "both turns" if summary.dataset in (None, "mt-bench") else "all its turns"
+
+
 def _conventions(summary: Summary) -> list[str]:
     out = [
         "## Other conventions\n",
-        "Card AL: per question Σe/steps over both turns, averaged over questions. Decode AL: "
+        f"Card AL: per question Σe/steps over {_its_turns(summary)}, averaged over questions. "
+        "Decode AL: "
         "the same without prefill steps. Pooled AL: Σe/Σsteps over all steps (token-weighted). "
         "Draft acceptance: Σ(e−1)/(k·decode steps); 'of proposed' divides by the drafts "
         "the engine really proposed.\n",
@@ -240,13 +266,29 @@ def _conventions(summary: Summary) -> list[str]:
     return out
 
 
+MAX_TURN_COLUMNS = 6
+"""Turn columns of the turn split; later turns of long conversations are in summary.json."""
+
+
 def _turn_split(summary: Summary) -> list[str]:
-    out = ["## Turn split\n", "| Category | turn 1 AL | turn 2 AL |\n|---|---|---|"]
+    """Card AL of each turn alone (MT-Bench: turn 1 and turn 2), over the questions that
+    have that turn."""
+    overall = summary.overall
+    turns = [t for t, block in (overall.turns.items() if overall else []) if block.n_questions]
+    if turns == ["1"]:
+        return ["## Turn split\n", "Every question has one turn.\n"]
+    turns = sorted(set(turns) | {"1", "2"}, key=int)
+    shown = turns[:MAX_TURN_COLUMNS]
+    header = " | ".join(f"turn {t} AL" for t in shown)
+    out = ["## Turn split\n", f"| Category | {header} |\n|---|" + "---|" * len(shown)]
     for name, g in _rows(summary):
-        out.append(
-            f"| {name} | {fmt(g.turns['1'].acceptance_length)} | {fmt(g.turns['2'].acceptance_length)} |"
+        cells = " | ".join(
+            fmt(g.turns[t].acceptance_length if t in g.turns else None) for t in shown
         )
+        out.append(f"| {name} | {cells} |")
     out.append("")
+    if len(turns) > len(shown):
+        out.append(f"Turns {int(shown[-1]) + 1} to {turns[-1]} are in summary.json.\n")
     return out
 
 
@@ -277,6 +319,44 @@ def _positions(summary: Summary) -> list[str]:
             f"{fmt(jv)} | {fmt(cv)}" for jv, cv in zip(g.joint_acceptance, g.conditional_acceptance)
         )
         out.append(f"| {name} | {cells} |")
+    out.append("")
+    return out
+
+
+def _slashed(values: Sequence[float | int | None], spec: str = ".3f") -> str:
+    return " / ".join(str(v) if isinstance(v, int) else fmt(v, spec) for v in values)
+
+
+def segments_section(summary: Summary) -> list[str]:
+    """Reasoning and answer apart (docs/metrics.md), per category: card, decode and pooled
+    AL, histogram and per-position rates of each segment and of both. Left out when no
+    turn has reasoning (a run of a model that does not think reads as it always did)."""
+    seg = summary.segments
+    if seg is None or not (seg.overall.split_turns or seg.overall.not_split_turns):
+        return []
+    o = seg.overall
+    turns = o.split_turns + o.no_reasoning_turns + o.not_split_turns
+    k = summary.draft_len
+    out = [
+        "## Reasoning and answer apart\n",
+        f"{o.split_turns} of {turns} turns are split at the end of their reasoning; "
+        f"{o.no_reasoning_turns} have no reasoning and {o.not_split_turns} have reasoning "
+        "but no per-step detail to place their steps (both left out of this table). "
+        f"Rule: {seg.rule}. Histogram: decode steps with e = 1 … {k + 1}; joint and "
+        f"conditional acceptance at draft positions j = 1 … {k}.\n",
+        "| Category | segment | card AL | decode AL | pooled AL | histogram | joint | "
+        "conditional |\n|---|---|---|---|---|---|---|---|",
+    ]
+    for name, group in [*seg.categories.items(), ("overall", o)]:
+        for segment, b in group.segments.items():
+            if not b.n_questions:
+                continue
+            out.append(
+                f"| {name} | {segment} | {fmt(b.acceptance_length)} | "
+                f"{fmt(b.decode_acceptance_length)} | {fmt(b.pooled_acceptance_length)} | "
+                f"{_slashed(b.histogram)} | {_slashed(b.joint_acceptance, '.2f')} | "
+                f"{_slashed(b.conditional_acceptance, '.2f')} |"
+            )
     out.append("")
     return out
 
@@ -329,7 +409,7 @@ def render_plots(summary: Summary, reference: ReferenceTable | None, folder: Pat
         )
     ax.set_ylabel("acceptance length (tokens/step)")
     ax.set_ylim(1, max([k + 1.05, *values]))
-    ax.set_title(f"MT-Bench acceptance length per category (k = {k})")
+    ax.set_title(f"{dataset_label(summary.dataset)} acceptance length per category (k = {k})")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     written.append(folder / "categories.png")

@@ -55,6 +55,19 @@ class DatasetInfo(BaseModel):
     source: str
     sha256: str
     question_ids: list[int]
+    name: str = "mt-bench"
+    """Which dataset (`DatasetConfig.name`); runs written before it existed ran MT-Bench."""
+    categories: list[str] | None = None
+    """The dataset's categories in report order; None: MT-Bench's eight."""
+    turn_counts: list[int] | None = None
+    """User turns of each question, in `question_ids` order; None: two each (MT-Bench)."""
+    sample: str | None = None
+    """How the questions were drawn (a seeded sample), where they were."""
+
+    def expected_turns(self) -> dict[int, int]:
+        """Question id -> how many turns it has."""
+        counts = self.turn_counts or [2] * len(self.question_ids)
+        return dict(zip(self.question_ids, counts))
 
 
 class ChatTemplateInfo(BaseModel):

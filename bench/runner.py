@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from bench.config import RunConfig
 from bench.conversation import ChatFormat, load_tokenizer, turn_messages
-from bench.dataset import Question, QuestionSet, load_questions
+from bench.dataset import Question, QuestionSet, dataset_label, load_questions
 from bench.engines import Engine, SamplingParams, create_engine, preflight_engine
 from bench.errors import BenchError
-from bench.metrics import Summary, summarize
+from bench.metrics import Summary, summarize_run
 from bench.records import (
     RecordWriter,
     TurnRecord,
@@ -93,11 +93,12 @@ async def run_turn(
     config: RunConfig,
     question: Question,
     turn: int,
-    turn1_text: str | None,
+    history: Sequence[str],
 ) -> TurnRecord:
-    """One turn through the engine. An engine fault becomes a failed record (kept, never
-    averaged in, redone on resume); a user error (BenchError) stops the run."""
-    messages = turn_messages(question, turn, config.conversation, turn1_text)
+    """One turn through the engine, after the model's own outputs of the earlier turns
+    (`history`). An engine fault becomes a failed record (kept, never averaged in, redone
+    on resume); a user error (BenchError) stops the run."""
+    messages = turn_messages(question, turn, config.conversation, history)
     prompt_ids = chat.prompt_ids(messages)
     key = (question.question_id, question.category, turn, len(prompt_ids))
     try:
@@ -110,7 +111,8 @@ async def run_turn(
         raise
     except Exception as err:  # an engine fault on this turn: recorded, not fatal
         return TurnRecord.failed(*key, error=f"{type(err).__name__}: {err}")
-    return TurnRecord.of(*key, generation)
+    record = TurnRecord.of(*key, generation)
+    return record.model_copy(update={"reasoning_tokens": chat.reasoning_tokens(record.token_ids)})
 
 
 async def drive(
@@ -122,7 +124,8 @@ async def drive(
     done: dict[tuple[int, int], TurnRecord],
     progress: tqdm,
 ) -> None:
-    """Both turns of every question; turn 2 always gets its own turn 1's output.
+    """Every turn of every question, in order; turn t always gets the question's own
+    outputs of turns 1..t-1.
 
     Questions in flight: `concurrency`, or the engine's batch size when larger (a batching
     engine only batches what it is given)."""
@@ -130,19 +133,18 @@ async def drive(
 
     async def one(question: Question) -> None:
         async with semaphore:
-            first = done.get((question.question_id, 1))
-            if first is None or not first.ok:
-                first = await run_turn(engine, chat, config, question, 1, None)
-                writer.append(first)
-                progress.update(1)
-            if not first.ok:
-                progress.update(1)  # turn 2 cannot run without turn 1's answer
-                return
-            second = done.get((question.question_id, 2))
-            if second is None or not second.ok:
-                second = await run_turn(engine, chat, config, question, 2, first.text)
-                writer.append(second)
-                progress.update(1)
+            history: list[str] = []
+            for turn in range(1, len(question.turns) + 1):
+                record = done.get((question.question_id, turn))
+                if record is None or not record.ok:
+                    record = await run_turn(engine, chat, config, question, turn, history)
+                    writer.append(record)
+                    progress.update(1)
+                if not record.ok:
+                    # the later turns cannot run without this turn's answer
+                    progress.update(len(question.turns) - turn)
+                    return
+                history.append(record.text)
 
     await asyncio.gather(*(one(q) for q in questions))
 
@@ -199,12 +201,24 @@ def _new_manifest(
         config_path=config_path,
         command=list(command),
         reference_table=reference,
-        dataset=DatasetInfo(
-            source=source.source,
-            sha256=source.sha256,
-            question_ids=[q.question_id for q in questions],
-        ),
+        dataset=dataset_info(source, questions),
         started_at=now_iso(),
+    )
+
+
+def dataset_info(source: QuestionSet, questions: Sequence[Question]) -> DatasetInfo:
+    """What the manifest records of the questions: the source, its hash, the dataset and
+    sample, and each question's id and turn count (MT-Bench's record keeps its old shape)."""
+    counts = [len(q.turns) for q in questions]
+    mt_bench = source.name == "mt-bench"
+    return DatasetInfo(
+        source=source.source,
+        sha256=source.sha256,
+        question_ids=[q.question_id for q in questions],
+        name=source.name,
+        categories=None if mt_bench else list(source.categories),
+        turn_counts=None if mt_bench and all(c == 2 for c in counts) else counts,
+        sample=source.sample,
     )
 
 
@@ -233,10 +247,10 @@ def _decode(
     existing = read_records(run.records_path) if run.records_path.exists() else []
     done = latest_by_turn(existing)
     progress = tqdm(
-        total=2 * len(questions),
+        total=sum(len(q.turns) for q in questions),
         initial=sum(1 for r in done.values() if r.ok),
         unit="turn",
-        desc="MT-Bench",
+        desc=config.dataset.name,
         disable=quiet or not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
@@ -289,6 +303,12 @@ def execute(
             "the dataset changed since the run started"
         )
     reference = _load_reference(config)
+    if reference is not None and reference.dataset != config.dataset.name:
+        raise BenchError(
+            f"the reference table {config.reference} measured {dataset_label(reference.dataset)} "
+            f"and this run sends {dataset_label(config.dataset.name)}; drop --reference or "
+            "give a table of the same dataset"
+        )
     if quiet or not sys.stderr.isatty():
         quiet_libraries()
     chat = ChatFormat(load_tokenizer(config.target), config.conversation)
@@ -354,9 +374,7 @@ def _finish(
     assert session.manifest.timing is not None
     timing = _close_session(session.manifest.timing, decode_s, decoded_tokens)
     session.record("running", timing=timing)
-    summary = summarize(
-        records, config.draft_len, [q.question_id for q in questions], timing.aggregate()
-    )
+    summary = summarize_run(records, session.manifest, timing.aggregate())
     final = {
         "status": "complete" if summary.complete else "incomplete",
         "finished_at": now_iso(),
@@ -382,8 +400,6 @@ def rebuild_report(path: Path) -> Summary:
     manifest = run.read_manifest()
     records = read_records(run.records_path)
     aggregate = manifest.timing.aggregate() if manifest.timing else None
-    summary = summarize(
-        records, manifest.config.draft_len, manifest.dataset.question_ids, aggregate
-    )
+    summary = summarize_run(records, manifest, aggregate)
     write_results(run, summary, manifest, manifest_reference(manifest))
     return summary

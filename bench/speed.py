@@ -215,34 +215,33 @@ class SpeedSummary(BaseModel):
 
 
 def summarize_speed(
-    questions: Sequence[tuple[int, str, tuple[TimedTurn | None, TimedTurn | None]]],
+    questions: Sequence[tuple[int, str, tuple[TimedTurn | None, ...]]],
     categories: Sequence[str],
     aggregate: AggregateSpeed | None = None,
 ) -> SpeedSummary:
-    """The speed block from the counted questions: (id, category, (turn 1, turn 2)) with
-    None for a turn without timing; categories in report order."""
-    untimed = [
-        (qid, t) for qid, _, pair in questions for t, x in ((1, pair[0]), (2, pair[1])) if x is None
-    ]
+    """The speed block from the counted questions: (id, category, its turns in order) with
+    None for a turn without timing; categories in report order. Turn "2" covers the
+    questions that have a second turn."""
+    untimed = [(qid, t) for qid, _, turns in questions for t, x in enumerate(turns, 1) if x is None]
     timed = [
-        (qid, cat, (a, b)) for qid, cat, (a, b) in questions if a is not None and b is not None
+        (qid, cat, turns) for qid, cat, turns in questions if all(x is not None for x in turns)
     ]
     figures = {
         qid: {
-            "": question_figures(pair),
-            "1": question_figures(pair[:1]),
-            "2": question_figures(pair[1:]),
+            "": question_figures(turns),
+            "1": question_figures(turns[:1]),
+            "2": question_figures(turns[1:2]) if len(turns) > 1 else None,
         }
-        for qid, _, pair in timed
+        for qid, _, turns in timed
     }
 
     def group(ids: list[int], strata: dict[int, str] | None) -> SpeedGroup:
         block = speed_block({q: figures[q][""] for q in ids}, strata)
-        return SpeedGroup(
-            **block.model_dump(),
-            n_questions=len(ids),
-            turns={t: speed_block({q: figures[q][t] for q in ids}, strata) for t in ("1", "2")},
-        )
+        turns = {
+            t: speed_block({q: f for q in ids if (f := figures[q][t]) is not None}, strata)
+            for t in ("1", "2")
+        }
+        return SpeedGroup(**block.model_dump(), n_questions=len(ids), turns=turns)
 
     strata = {qid: cat for qid, cat, _ in timed}
     by_category = {

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from bench.config import RunConfig
-from bench.dataset import CATEGORIES
+from bench.dataset import category_order
 from bench.errors import BenchError
 from bench.metrics import (
     Summary,
@@ -316,7 +316,9 @@ def _pair(cell: Cell, base: Summary, other: Summary) -> None:
     """Speedups of `cell` over the speculation-off cell at its concurrency."""
     if base.speed is None or other.speed is None:
         return
-    overall = [r for r in speed_rows(base.speed, other.speed, CATEGORIES) if r.name == OVERALL]
+    overall = [
+        r for r in speed_rows(base.speed, other.speed, list(base.categories)) if r.name == OVERALL
+    ]
     if overall:
         row = overall[0]
         cell.speedup, cell.speedup_ci95 = row.speedup, row.speedup_ci95
@@ -474,7 +476,10 @@ def render_plots(out: Path, result: SweepResult) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ks = sorted({c.draft_len for c in result.cells if c.concurrency == lowest})
-    for name in [*CATEGORIES, OVERALL]:
+    names = category_order(
+        c for loaded in summaries.values() if loaded for c in loaded[1].categories
+    )
+    for name in [*names, OVERALL]:
         values = []
         for k in ks:
             loaded = summaries.get((k, lowest))

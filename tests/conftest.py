@@ -31,7 +31,7 @@ def category_of(qid: int) -> str:
 def turn(qid: int, t: int, steps: list[int], text: str = "an answer", **kw) -> TurnRecord:
     fields = dict(
         question_id=qid,
-        category=category_of(qid),
+        category=kw.pop("category") if "category" in kw else category_of(qid),
         turn=t,
         prompt_tokens=20,
         steps=steps,
@@ -83,6 +83,7 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         target_fields: dict | None = None,
         max_ngram: int = 3,
         root: Path | None = None,
+        dataset: str = "mt-bench",
     ) -> Path:
         records = list(records if records is not None else records_for())
         ids = list(question_ids or sorted({r.question_id for r in records}))
@@ -99,7 +100,10 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         target = {**({"name": target_name} if target_name else {}), **(target_fields or {})}
         if target:
             config = config.model_copy(update={"target": config.target.model_copy(update=target)})
-        summary = summarize(records, draft_len, ids)
+        turns = None  # MT-Bench: two per question; another dataset: as recorded
+        if dataset != "mt-bench":
+            turns = {q: max(r.turn for r in records if r.question_id == q) for q in ids}
+        summary = summarize(records, draft_len, ids, expected_turns=turns, dataset=dataset)
         extra = {}
         if methodology is not None:
             summary = summary.model_copy(update={"methodology_version": methodology})
@@ -109,7 +113,13 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
             config=config,
             status="complete",
             started_at=started_at,
-            dataset=DatasetInfo(source="test", sha256="0" * 64, question_ids=ids),
+            dataset=DatasetInfo(
+                source="test",
+                sha256="0" * 64,
+                question_ids=ids,
+                name=dataset,
+                turn_counts=[turns[q] for q in ids] if turns else None,
+            ),
             git={"commit": "0123456789abcdef", "dirty": False},
             **extra,
         )

@@ -229,3 +229,20 @@ def test_error_bars_survive_rounding_and_missing_intervals(worked):
     frame["ci95_low"] = frame["acceptance_length"] + 1e-15
     frame.loc[0, "ci95_high"] = None
     assert analysis.plot_categories(frame).axes
+
+
+def test_segments_frame_holds_reasoning_answer_and_both(tmp_path):
+    """The segment worked example of docs/metrics.md as a frame: the reasoning's and the
+    answer's figures, with the split's turn counts."""
+    thinking = record(81, 1, [1, 4, 2, 3, 1, 4, 2]).model_copy(
+        update={"reasoning_tokens": 9, "text": "<think>…</think>…"}
+    )
+    plain = record(81, 2, [1, 3]).model_copy(update={"reasoning_tokens": 0})
+    run = analysis.load_run(make_run(tmp_path / "seg", [thinking, plain]), question_texts=False)
+    frame = analysis.segments_frame([run]).set_index(["category", "segment"])
+    reasoning, answer = frame.loc[("overall", "reasoning")], frame.loc[("overall", "answer")]
+    assert reasoning["acceptance_length"] == pytest.approx(10 / 4)
+    assert answer["acceptance_length"] == pytest.approx(7 / 3)
+    assert reasoning["histogram"] == [0, 1, 1, 1] and answer["histogram"] == [1, 1, 0, 1]
+    assert (reasoning["split_turns"], reasoning["no_reasoning_turns"]) == (1, 1)
+    assert frame.loc[("writing", "both"), "acceptance_length"] == pytest.approx(17 / 7)

@@ -42,6 +42,7 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, fragment: str) -
         (["--categories", "poetry"], "unknown categories ['poetry']"),
         (["--questions", "no/such.jsonl"], "does not exist"),
         (["--limit", "0"], "dataset.limit"),
+        (["--dataset", "jsonl"], "name: jsonl needs questions"),
         (["--quantize", "int8-dynamic", "--engine", "openai"], "reference engine only"),
         (
             ["--reasoning-effort", "ultra"],

@@ -307,3 +307,31 @@ def test_committed_baseline_against_itself(tmp_path):
         code, data, _ = gate(tmp_path, str(run), str(run), out=run.name)
         assert code == 0, failing(data)
         assert data["rows"][-1]["beyond_noise"] is False
+
+
+def test_a_comparison_across_datasets_is_refused_unless_allowed(make_run, tmp_path, capsys):
+    base = make_run("base")
+    cand = make_run("cand", dataset="humaneval")
+    code, _, _ = gate(tmp_path, str(base), str(cand))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the baseline measured MT-Bench and the candidate HumanEval" in err
+    assert "a comparison across datasets is refused (pass --allow dataset" in err
+    assert err.strip().count("\n") == 0  # one sentence, one line
+    code, data, _ = gate(tmp_path, str(base), str(cand), "--allow", "dataset", out="allowed")
+    assert code == 0
+    assert any("compared anyway (--allow dataset)" in note for note in data["notes"])
+    # the same dataset on both sides compares as before
+    code, _, _ = gate(tmp_path, str(cand), str(make_run("cand2", dataset="humaneval")), out="he")
+    assert code == 0
+
+
+def test_a_reference_table_of_another_dataset_is_refused(make_run, tmp_path, capsys):
+    table = tmp_path / "speed.yaml"
+    table.write_text(
+        "name: t\nsource: s\ndraft_len: 3\ndataset: speed-bench\ncategories:\n  qa: 2.5\n"
+    )
+    code, _, _ = gate(tmp_path, str(table), str(make_run("cand")))
+    assert (
+        code == 2 and "measured SPEED-Bench and the candidate MT-Bench" in capsys.readouterr().err
+    )

@@ -43,7 +43,7 @@ def test_turn_two_carries_the_turn_one_output_by_policy():
     assert kept[1]["content"] == raw
     with_system = turn_messages(QUESTION, 1, ConversationConfig(system_prompt="Be brief."))
     assert with_system[0] == {"role": "system", "content": "Be brief."}
-    with pytest.raises(ValueError, match="turn 2 needs the model's turn-1 output"):
+    with pytest.raises(ValueError, match=r"turn 2 needs the model's outputs of turns 1\.\.1"):
         turn_messages(QUESTION, 2, ConversationConfig())
 
 

@@ -217,3 +217,28 @@ def test_baseline_that_cannot_be_compared_is_shown_not_fatal(results):
     build_dashboard(results, results / "dashboard", baseline=summary.parent)
     page = (results / "dashboard" / "index.html").read_text()
     assert "cannot compare: " in page and "disagree on draft_len" in page
+
+
+def test_trend_lines_follow_setups_and_datasets_bring_their_categories(tmp_path, make_run):
+    """Runs of another draft length or dataset are their own series; a HumanEval run's
+    category gets its own trend chart."""
+    from conftest import turn
+
+    root = tmp_path / "results"
+    make_run("a", root=root, started_at="2026-11-28T08:00:00+00:00")
+    make_run("b", root=root, started_at="2026-11-28T09:00:00+00:00")
+    make_run("c", root=root, started_at="2026-11-28T10:00:00+00:00", draft_len=4)
+    humaneval = [
+        turn(i, 1, [1, 2, 3, 1], category="humaneval", reasoning_tokens=0) for i in range(4)
+    ]
+    make_run("d", humaneval, root=root, started_at="2026-11-28T11:00:00+00:00", dataset="humaneval")
+    build_dashboard(root, tmp_path / "site")
+    page = (tmp_path / "site" / "index.html").read_text()
+    setups = re.search(r"One line per setup.*?</p>", page).group(0)
+    assert setups.count("<b>") == 3  # k=3 MT-Bench (a, b), k=4 MT-Bench (c), HumanEval (d)
+    assert "HumanEval, reference" in setups and "k=4" in setups
+    # a–b joined in each MT-Bench category and overall (9), and the latest run's
+    # per-position chart (joint, conditional)
+    assert page.count("<polyline") == 9 + 2
+    assert 'aria-label="humaneval"' in page
+    assert "<td>HumanEval</td>" in page

@@ -19,8 +19,15 @@ from tests.conftest import write_questions
 class ScriptedEngine:
     """Answers every turn with a fixed step pattern and a text naming the call."""
 
-    def __init__(self, tokenizer, fail_on: set[int] = frozenset(), interrupt_on: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        fail_on: set[int] = frozenset(),
+        interrupt_on: int | None = None,
+        think: bool = False,
+    ):
         self.tokenizer = tokenizer
+        self.think = think
         self.prompts: list[list[int]] = []
         self.fail_on = fail_on
         self.interrupt_on = interrupt_on
@@ -36,6 +43,8 @@ class ScriptedEngine:
         if call in self.fail_on:
             raise RuntimeError("the engine fell over")
         text = f" reply number {call}"
+        if self.think:
+            text = f"<think>Plan reply {call} step by step.</think>" + text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         steps = [1] + [min(sampling.draft_len + 1, 2)] * ((len(ids) - 1) // 2)
         steps += [len(ids) - sum(steps)] if sum(steps) < len(ids) else []
@@ -207,3 +216,79 @@ def test_report_rebuilds_against_the_stored_reference_table(scripted, tmp_path):
     report = (outcome.run.path / "report.md").read_text()
     assert "## Against nvidia/Kimi-K2-Thinking-Eagle3 model card" in report
     assert "| math |" in report and "3.340" in report
+
+
+def test_every_turn_of_a_long_conversation_gets_the_models_own_earlier_answers(
+    scripted, tmp_path, smol_tokenizer
+):
+    """A user's JSONL (OpenAI messages) with three user turns and a one-turn line: each
+    turn's prompt holds the model's own earlier answers, never the recorded assistant's."""
+    path = tmp_path / "mine.jsonl"
+    lines = [
+        {
+            "id": "chat-a",
+            "messages": [
+                {"role": "user", "content": "First question?"},
+                {"role": "assistant", "content": "RECORDED ANSWER"},
+                {"role": "user", "content": "Second question?"},
+                {"role": "user", "content": "Third question?"},
+            ],
+        },
+        {"question_id": 9, "category": "ops", "turns": ["Only one turn."]},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    engines, _ = scripted
+    config = load_config(None, {"dataset.name": "jsonl", "dataset.questions": str(path)})
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    records = read_records(outcome.run.records_path)
+    assert sorted(r.key for r in records) == [(1, 1), (1, 2), (1, 3), (9, 1)]
+    third = next(r for r in records if r.key == (1, 3))
+    prompt = smol_tokenizer.decode(engines[0].prompts[third_call(records, third)])
+    earlier = [r.text.strip() for r in records if r.question_id == 1 and r.turn < 3]
+    assert all(text in prompt for text in earlier)
+    assert "RECORDED ANSWER" not in prompt
+    summary = outcome.summary
+    assert summary.complete and summary.dataset == "jsonl"
+    assert list(summary.categories) == ["default", "ops"]
+    assert set(summary.overall.turns) == {"1", "2", "3"}
+    assert summary.overall.turns["3"].n_questions == 1
+    manifest = json.loads((outcome.run.path / "manifest.json").read_text())
+    assert manifest["dataset"]["name"] == "jsonl"
+    assert manifest["dataset"]["turn_counts"] == [3, 1]
+    rebuilt = runner.rebuild_report(outcome.run.path)
+    assert rebuilt.model_dump() == summary.model_dump()
+
+
+def third_call(records, record) -> int:
+    """The engine call that produced `record`: records are appended in call order."""
+    return records.index(record)
+
+
+def test_a_humaneval_run_has_one_category_and_one_turn(scripted, tmp_path):
+    config = load_config(None, {"dataset.name": "humaneval", "dataset.limit": 3})
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    summary = outcome.summary
+    assert summary.complete and summary.counted_questions == 3
+    assert list(summary.categories) == ["humaneval"]
+    assert summary.questions[0].turn2_acceptance_length is None
+    assert summary.overall.turns["2"].n_questions == 0
+    report = (outcome.run.path / "report.md").read_text()
+    assert "| humaneval |" in report
+
+
+def test_a_thinking_models_turns_are_split_at_their_reasoning(scripted, config, tmp_path):
+    engines, options = scripted
+    options["think"] = True
+    outcome = runner.execute(config, out=tmp_path / "run", quiet=True)
+    records = read_records(outcome.run.records_path)
+    for record in records:
+        boundary = record.reasoning_tokens
+        assert 0 < boundary < record.output_tokens
+        decoded = engines[0].tokenizer.decode(record.token_ids[:boundary])
+        assert decoded.endswith("</think>")
+    segments = outcome.summary.segments.overall
+    assert segments.split_turns == len(records) and segments.no_reasoning_turns == 0
+    assert segments.segments["reasoning"].n_questions == 3
+    report = (outcome.run.path / "report.md").read_text()
+    assert "## Reasoning and answer apart" in report
+    assert "| overall | reasoning |" in report and "| overall | answer |" in report

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.config import REPO_ROOT
-from bench.dataset import CATEGORIES, Question, load_questions
+from bench.dataset import Question, load_questions
 from bench.errors import BenchError
 from bench.metrics import (
     GroupSummary,
@@ -31,7 +31,7 @@ from bench.metrics import (
     decode_acceptance_length_by_position,
     paired_difference_ci95,
     step_positions,
-    summarize,
+    summarize_run,
 )
 from bench.records import TurnRecord, latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
@@ -63,9 +63,7 @@ class Run:
     @cached_property
     def summary(self) -> Summary:
         """`bench.metrics.summarize` over the records: the same figures as summary.json."""
-        return summarize(
-            self.records, self.manifest.config.draft_len, self.manifest.dataset.question_ids
-        )
+        return summarize_run(self.records, self.manifest, None)
 
     @property
     def draft_len(self) -> int:
@@ -106,6 +104,7 @@ class Run:
         m, c = self.manifest, self.manifest.config
         return {
             "run": self.label,
+            "dataset": m.dataset.name,
             "engine": m.engine.name if m.engine else c.engine.kind,
             "model": c.target.name,
             "draft_len": c.draft_len,
@@ -290,7 +289,7 @@ def questions_frame(runs: Sequence[Run]) -> pd.DataFrame:
             row = {"run": run.label, **q.model_dump()}
             row["finish_reasons"] = "/".join(q.finish_reasons)
             row["question_turn1"] = source.turns[0] if source else None
-            row["question_turn2"] = source.turns[1] if source else None
+            row["question_turn2"] = source.turns[1] if source and len(source.turns) > 1 else None
             row["answer_turn1"] = answers.get((q.question_id, 1))
             row["answer_turn2"] = answers.get((q.question_id, 2))
             rows.append(row)
@@ -298,7 +297,7 @@ def questions_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def _groups(summary: Summary) -> list[tuple[str, GroupSummary]]:
-    rows = [(c, summary.categories[c]) for c in CATEGORIES if c in summary.categories]
+    rows = list(summary.categories.items())  # the dataset's own categories, in its order
     if summary.overall is not None:
         rows.append((OVERALL, summary.overall))
     return rows
@@ -335,6 +334,44 @@ def categories_frame(runs: Sequence[Run]) -> pd.DataFrame:
                 row[prefix + "ci95_low"] = block.ci95[0] if block.ci95 else None
                 row[prefix + "ci95_high"] = block.ci95[1] if block.ci95 else None
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def segments_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Reasoning and answer apart (docs/metrics.md): one row per run × category (and
+    "overall") × segment ("reasoning", "answer", "both"), with card, decode and pooled AL,
+    draft acceptance, the histogram (`histogram`, e = 1 … k+1) and per-position rates as
+    lists, and how many turns were split, had no reasoning, or could not be split."""
+    figures = (
+        "n_questions",
+        "acceptance_length",
+        "decode_acceptance_length",
+        "pooled_acceptance_length",
+        "draft_acceptance_rate",
+        "steps",
+        "decode_steps",
+        "output_tokens",
+        "turn_count",
+        "step_detail_turns",
+        "histogram",
+        "joint_acceptance",
+        "conditional_acceptance",
+    )
+    rows = []
+    for run in runs:
+        segments = run.summary.segments
+        if segments is None:
+            continue
+        for category, group in [*segments.categories.items(), (OVERALL, segments.overall)]:
+            counts = {
+                "split_turns": group.split_turns,
+                "no_reasoning_turns": group.no_reasoning_turns,
+                "not_split_turns": group.not_split_turns,
+            }
+            for segment, block in group.segments.items():
+                row = {"run": run.label, "category": category, "segment": segment, **counts}
+                row.update({name: getattr(block, name) for name in figures})
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -395,7 +432,7 @@ def position_buckets_frame(runs: Sequence[Run], bucket_tokens: int = 32) -> pd.D
     for run in runs:
         counted = run.counted_ids
         turns = [r for r in run.turns if r.ok and r.question_id in counted and r.has_step_detail]
-        groups = [(c, [r for r in turns if r.category == c]) for c in CATEGORIES]
+        groups = [(c, [r for r in turns if r.category == c]) for c in run.summary.categories]
         groups.append((OVERALL, turns))
         for category, members in groups:
             pairs = [(r.steps, r.prefill_step) for r in members]
