@@ -44,6 +44,16 @@ def final_answer(text: str) -> str:
     return text.strip()
 
 
+def opening_messages(text: str, config: ConversationConfig) -> list[Message]:
+    """The messages of a conversation's first turn: the system prompt, if any, then `text`
+    (MT-Bench's turn 1, or any other prompt asked the same way)."""
+    messages: list[Message] = []
+    if config.system_prompt:
+        messages.append({"role": "system", "content": config.system_prompt})
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
 def turn_messages(
     question: Question,
     turn: int,
@@ -54,10 +64,7 @@ def turn_messages(
 
     Turn 2 requires the model's own turn-1 output, passed through the history policy.
     """
-    messages: list[Message] = []
-    if config.system_prompt:
-        messages.append({"role": "system", "content": config.system_prompt})
-    messages.append({"role": "user", "content": question.turns[0]})
+    messages = opening_messages(question.turns[0], config)
     if turn == 2:
         if turn1_output is None:
             raise ValueError("turn 2 needs the model's turn-1 output")
