@@ -1,0 +1,138 @@
+"""Stage 3: the draft vocabulary, the N most frequent tokens of the target's answers.
+
+The head predicts over these N ids only; `d2t[i] = used[i] - i` maps draft id i to its
+target id (the used ids ascending, as the EAGLE authors and SpecForge write it) and `t2d`
+marks the target ids that are in the draft vocabulary. N trades coverage (the share of
+answer tokens the head can propose at all) against the checkpoint's size, whose `lm_head`
+grows by N rows: the size is chosen by measured coverage among the candidates that fit
+the budget for the whole float16 checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.eagle3_train import read_jsonl
+from bench.rundir import write_text_atomic
+
+CANDIDATE_SIZES = (4096, 8192, 16384, 32768)
+BUDGET_BYTES = 20_000_000
+"""The whole exported checkpoint, float16 weights plus d2t and t2d."""
+
+
+def count_tokens(rows: Iterable[dict[str, Any]]) -> Counter[int]:
+    """Token frequencies over every answer (stop tokens included: the head drafts them)."""
+    counts: Counter[int] = Counter()
+    for row in rows:
+        counts.update(row["response_ids"])
+    return counts
+
+
+def top_ids(counts: Counter[int], size: int) -> list[int]:
+    """The `size` most frequent ids (ties: lower id first), ascending. With fewer distinct
+    ids than `size`, the rest is filled with the lowest unused ids so the size holds."""
+    ranked = sorted(counts, key=lambda token: (-counts[token], token))[:size]
+    chosen = set(ranked)
+    filler = (token for token in range(size + len(chosen)) if token not in chosen)
+    while len(chosen) < size:
+        chosen.add(next(filler))
+    return sorted(chosen)
+
+
+def coverage(counts: Counter[int], size: int) -> float:
+    """Share of answer tokens whose id is among the `size` most frequent."""
+    total = sum(counts.values())
+    return sum(c for _, c in counts.most_common(size)) / total if total else 0.0
+
+
+def head_parameters(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int):
+    """Parameters of an EAGLE-3 head without its lm_head: fc, the layer (q/k/v on 2H
+    inputs), four norms. Returns (fixed, per draft-vocabulary row)."""
+    h = hidden
+    attention = 2 * h * (heads + 2 * kv_heads) * head_dim + heads * head_dim * h
+    fixed = 3 * h * h + attention + 3 * h * intermediate + 4 * h
+    return fixed, h
+
+
+def checkpoint_bytes(fixed_params: int, row_params: int, size: int, vocab_size: int) -> int:
+    """float16 weights, d2t int64 per draft id, t2d one byte per target id."""
+    return 2 * (fixed_params + row_params * size) + 8 * size + vocab_size
+
+
+def choose_size(
+    counts: Counter[int],
+    fixed_params: int,
+    row_params: int,
+    vocab_size: int,
+    candidates: Iterable[int] = CANDIDATE_SIZES,
+    budget_bytes: int = BUDGET_BYTES,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The candidate with the highest coverage among those within budget, and the table
+    (size, coverage, checkpoint bytes, within budget) of every candidate."""
+    table = []
+    for size in candidates:
+        nbytes = checkpoint_bytes(fixed_params, row_params, size, vocab_size)
+        table.append(
+            {
+                "size": size,
+                "coverage": round(coverage(counts, size), 6),
+                "checkpoint_bytes": nbytes,
+                "within_budget": nbytes <= budget_bytes,
+            }
+        )
+    fitting = [row for row in table if row["within_budget"]]
+    if not fitting:
+        raise ValueError(f"no draft vocabulary size fits {budget_bytes} bytes")
+    best = max(fitting, key=lambda row: (row["coverage"], -row["size"]))
+    return best["size"], table
+
+
+def make_vocab(
+    folder: Path, target_config: Any, size: int | None, budget_bytes: int = BUDGET_BYTES
+) -> dict[str, Any]:
+    """Count the answers in responses.jsonl, pick the size (unless given), write vocab.json."""
+    rows = list(read_jsonl(folder / "responses.jsonl"))
+    if not rows:
+        raise ValueError(f"{folder / 'responses.jsonl'} has no answers yet: run generate")
+    counts = count_tokens(rows)
+    c = target_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    fixed, per_row = head_parameters(
+        c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, head_dim
+    )
+    chosen, table = choose_size(counts, fixed, per_row, c.vocab_size, budget_bytes=budget_bytes)
+    size = size or chosen
+    vocab = {
+        "size": size,
+        "chosen_by": "given" if size != chosen else "highest coverage within budget",
+        "budget_bytes": budget_bytes,
+        "candidates": table,
+        "coverage": coverage(counts, size),
+        "answers": len(rows),
+        "answer_tokens": sum(counts.values()),
+        "distinct_tokens": len(counts),
+        "used": top_ids(counts, size),
+    }
+    write_text_atomic(folder / "vocab.json", json.dumps(vocab) + "\n")
+    return vocab
+
+
+def read_vocab(folder: Path) -> list[int]:
+    path = folder / "vocab.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: run the vocab stage")
+    return json.loads(path.read_text(encoding="utf-8"))["used"]
+
+
+def mappings(used: list[int], vocab_size: int) -> tuple[Any, Any]:
+    """(d2t int64 [N], t2d bool [vocab_size]) for the ascending draft ids `used`."""
+    import torch
+
+    ids = torch.tensor(used, dtype=torch.long)
+    t2d = torch.zeros(vocab_size, dtype=torch.bool)
+    t2d[ids] = True
+    return ids - torch.arange(len(used)), t2d
