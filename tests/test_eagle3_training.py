@@ -152,6 +152,7 @@ def options(**overrides) -> dict:
         "clip": 0.5,
         "heldout_percent": 20,
         "seed": 0,
+        "init": "target",
         "save_every": 5,
         "eval_every": 0,
         "limit": None,
@@ -249,3 +250,52 @@ def test_exported_head_loads_and_decodes_losslessly(target, work, tmp_path):
         assert row.out == greedy(target, prompt, 20)
         accepted += sum(e - 1 for e in row.steps[1:])
     assert accepted > 0  # the trained head drafts some of the target's own tokens
+
+
+def test_generation_is_the_targets_greedy_answer_and_resumes(tmp_path):
+    from bench.config import load_config
+    from bench.conversation import ChatFormat, load_tokenizer, opening_messages
+    from bench.eagle3_train.generate import generate
+    from bench.errors import BenchError
+    from tests.test_run_drafters import tiny_chat_model
+
+    default = load_config(None)
+    tokenizer = load_tokenizer(default.target)
+    model = tiny_chat_model(tmp_path / "target", tokenizer, seed=0, layers=2, hidden=32)
+    config = RunConfig.model_validate(
+        {
+            "name": "tiny",
+            "target": {"name": "tiny", "path": str(tmp_path / "target")},
+            "engine": {"kind": "reference", "device": "cpu", "threads": 1},
+            "draft_len": 3,
+        }
+    )
+    chat = ChatFormat(tokenizer, config.conversation)
+    texts = ["Name a colour.", "Count to three.", "Say hello."]
+    prompts = [
+        {"id": f"p{i}", "prompt_ids": chat.prompt_ids(opening_messages(t, config.conversation))}
+        for i, t in enumerate(texts)
+    ]
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    assert generate(config, folder, 2, 12, 2)["answered"] == 2
+    assert generate(config, folder, None, 12, 2)["answered"] == 1  # resumes: the third only
+    rows = {r["id"]: r for r in read_jsonl(folder / "responses.jsonl")}
+    assert sorted(rows) == ["p0", "p1", "p2"]
+    eos = tokenizer.eos_token_id
+    for prompt in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([prompt["prompt_ids"]]),
+                max_new_tokens=12,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        row = rows[prompt["id"]]
+        assert row["prompt_ids"] == prompt["prompt_ids"]
+        assert row["response_ids"] == out[0, len(prompt["prompt_ids"]) :].tolist()
+        assert row["finish_reason"] == ("stop" if row["response_ids"][-1] == eos else "length")
+    with pytest.raises(BenchError, match="max_tokens differ"):
+        generate(config, folder, None, 16, 2)

@@ -14,6 +14,7 @@ says how to run them and what each cost here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,12 @@ def work_dir(name: str) -> Path:
     from bench.artifacts import cache_dir
 
     return cache_dir() / "eagle3" / name
+
+
+def is_heldout(sample_id: str, percent: int) -> bool:
+    """Whether a sample is held out: its id hashes into the lowest `percent` of 100 buckets
+    (fixed per id, however many samples come later)."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest(), 16) % 100 < percent
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -70,8 +70,15 @@ def head_config(target_config: Any, draft_vocab_size: int) -> dict[str, Any]:
     }
 
 
-def build_head(target: Any, used: list[int], seed: int) -> tuple[Eagle3Head, dict[str, Any]]:
-    """A head initialised from the target (see `init_from_target`), float32, training mode."""
+INITS = ("target", "random")
+
+
+def build_head(
+    target: Any, used: list[int], seed: int, init: str = "target"
+) -> tuple[Eagle3Head, dict[str, Any]]:
+    """A head, float32, in training mode: initialised from the target (`init_from_target`)
+    or, with `init="random"`, as PyTorch initialises its layers (norms at one), the EAGLE
+    authors' start."""
     from bench.eagle3_train.vocab import mappings
 
     config = head_config(target.config, len(used))
@@ -80,7 +87,10 @@ def build_head(target: Any, used: list[int], seed: int) -> tuple[Eagle3Head, dic
     head = Eagle3Head(spec, own_embedding=False).float()
     d2t, _ = mappings(used, target.config.vocab_size)
     head.d2t.copy_(d2t)
-    init_from_target(head, target, used)
+    if init == "target":
+        init_from_target(head, target, used)
+    elif init != "random":
+        raise ValueError(f"init must be one of {INITS}, not {init!r}")
     return head.train(), config
 
 

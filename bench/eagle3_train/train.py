@@ -14,7 +14,6 @@ whatever else is added later.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.eagle3_train import JsonlAppender, read_jsonl
+from bench.eagle3_train import JsonlAppender, is_heldout, read_jsonl
 from bench.errors import BenchError
 from bench.rundir import git_state, now_iso
 
@@ -42,11 +41,13 @@ def add_train_arguments(p: Any) -> None:
     p.add_argument("--limit", type=int, help="train on the first N captured samples only")
     p.add_argument("--max-steps", type=int, help="stop after this step (for a timed slice)")
     p.add_argument("--seed", type=int, default=0, help="init and data order (0)")
+    p.add_argument(
+        "--init",
+        choices=["target", "random"],
+        default="target",
+        help="start from the target's weights (default) or PyTorch's random init",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default all cores)")
-
-
-def is_heldout(sample_id: str, percent: int) -> bool:
-    return int(hashlib.sha256(sample_id.encode()).hexdigest(), 16) % 100 < percent
 
 
 SETTINGS = (
@@ -59,6 +60,7 @@ SETTINGS = (
     "clip",
     "heldout_percent",
     "seed",
+    "init",
 )
 
 
@@ -89,7 +91,7 @@ class Trainer:
 
         self.settings = settings
         self.used = used
-        self.head, self.config = build_head(target, used, settings["seed"])
+        self.head, self.config = build_head(target, used, settings["seed"], settings["init"])
         self.embedding = target.get_input_embeddings().weight.detach().float()
         self.lm_rows = target.lm_head.weight.detach().float()[torch.tensor(used)]
         _, self.t2d = mappings(used, target.config.vocab_size)

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.eagle3_train import read_jsonl
+from bench.eagle3_train import is_heldout, read_jsonl
+from bench.errors import BenchError
 from bench.rundir import write_text_atomic
 
 CANDIDATE_SIZES = (4096, 8192, 16384, 32768)
@@ -43,10 +44,13 @@ def top_ids(counts: Counter[int], size: int) -> list[int]:
     return sorted(chosen)
 
 
-def coverage(counts: Counter[int], size: int) -> float:
-    """Share of answer tokens whose id is among the `size` most frequent."""
-    total = sum(counts.values())
-    return sum(c for _, c in counts.most_common(size)) / total if total else 0.0
+def coverage(counts: Counter[int], size: int, over: Counter[int] | None = None) -> float:
+    """Share of the tokens counted in `over` (default: `counts` itself) whose id is among
+    the `size` most frequent of `counts`."""
+    over = counts if over is None else over
+    total = sum(over.values())
+    chosen = top_ids(counts, size) if len(counts) > size else list(counts)
+    return sum(over[token] for token in chosen) / total if total else 0.0
 
 
 def head_parameters(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int):
@@ -70,50 +74,64 @@ def choose_size(
     vocab_size: int,
     candidates: Iterable[int] = CANDIDATE_SIZES,
     budget_bytes: int = BUDGET_BYTES,
+    heldout: Counter[int] | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The candidate with the highest coverage among those within budget, and the table
-    (size, coverage, checkpoint bytes, within budget) of every candidate."""
+    """The candidate with the highest coverage (of the `heldout` answers' tokens when
+    given, else of the counted ones) among those within budget, and the table (size,
+    coverage, checkpoint bytes, within budget) of every candidate."""
     table = []
     for size in candidates:
         nbytes = checkpoint_bytes(fixed_params, row_params, size, vocab_size)
         table.append(
             {
                 "size": size,
-                "coverage": round(coverage(counts, size), 6),
+                "coverage": round(coverage(counts, size, heldout), 6),
                 "checkpoint_bytes": nbytes,
                 "within_budget": nbytes <= budget_bytes,
             }
         )
     fitting = [row for row in table if row["within_budget"]]
     if not fitting:
-        raise ValueError(f"no draft vocabulary size fits {budget_bytes} bytes")
+        raise BenchError(f"no draft vocabulary size fits {budget_bytes} bytes")
     best = max(fitting, key=lambda row: (row["coverage"], -row["size"]))
     return best["size"], table
 
 
 def make_vocab(
-    folder: Path, target_config: Any, size: int | None, budget_bytes: int = BUDGET_BYTES
+    folder: Path,
+    target_config: Any,
+    size: int | None,
+    budget_bytes: int = BUDGET_BYTES,
+    heldout_percent: int = 5,
 ) -> dict[str, Any]:
     """Count the answers in responses.jsonl, pick the size (unless given), write vocab.json."""
     rows = list(read_jsonl(folder / "responses.jsonl"))
     if not rows:
-        raise ValueError(f"{folder / 'responses.jsonl'} has no answers yet: run generate")
-    counts = count_tokens(rows)
+        raise BenchError(f"{folder / 'responses.jsonl'} has no answers yet: run generate")
+    # Counted on the training answers, coverage measured on the held-out ones (the split
+    # training uses): in-sample coverage flatters a small set.
+    counts = count_tokens(r for r in rows if not is_heldout(r["id"], heldout_percent))
+    heldout = count_tokens(r for r in rows if is_heldout(r["id"], heldout_percent))
+    measured_on = "held-out answers" if heldout else "the counted answers (none held out)"
     c = target_config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     fixed, per_row = head_parameters(
         c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, head_dim
     )
-    chosen, table = choose_size(counts, fixed, per_row, c.vocab_size, budget_bytes=budget_bytes)
+    chosen, table = choose_size(
+        counts, fixed, per_row, c.vocab_size, budget_bytes=budget_bytes, heldout=heldout or None
+    )
     size = size or chosen
     vocab = {
         "size": size,
         "chosen_by": "given" if size != chosen else "highest coverage within budget",
         "budget_bytes": budget_bytes,
         "candidates": table,
-        "coverage": coverage(counts, size),
+        "coverage": coverage(counts, size, heldout or None),
+        "coverage_measured_on": measured_on,
         "answers": len(rows),
         "answer_tokens": sum(counts.values()),
+        "heldout_answer_tokens": sum(heldout.values()),
         "distinct_tokens": len(counts),
         "used": top_ids(counts, size),
     }
@@ -124,7 +142,7 @@ def make_vocab(
 def read_vocab(folder: Path) -> list[int]:
     path = folder / "vocab.json"
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: run the vocab stage")
+        raise BenchError(f"{path} does not exist: run the vocab stage")
     return json.loads(path.read_text(encoding="utf-8"))["used"]
 
 
