@@ -43,8 +43,9 @@ def head_config(target_config: Any, draft_vocab_size: int) -> dict[str, Any]:
     and MLP, the target's RoPE theta (written out: a head's own default would be 10000).
 
     No explicit captured-layer ids are written: the head reads the default every engine
-    assumes (outputs of layers 1, L/2 − 1, L − 4), and the two id conventions in published
-    configs differ by one."""
+    assumes (`hidden_states[2], [L//2], [L − 3]`), and the id conventions differ by one
+    between publishers (eagle_config's "output of layer X" against top-level indices, which
+    llama.cpp's converter takes as they are)."""
     c = target_config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return {
@@ -63,6 +64,7 @@ def head_config(target_config: Any, draft_vocab_size: int) -> dict[str, Any]:
         "vocab_size": c.vocab_size,
         "draft_vocab_size": draft_vocab_size,
         "target_hidden_size": c.hidden_size,
+        "norm_before_residual": False,  # written out: converters' defaults differ
         "tie_word_embeddings": False,
         "bos_token_id": getattr(c, "bos_token_id", None),
         "eos_token_id": getattr(c, "eos_token_id", None),
