@@ -169,8 +169,12 @@ def test_capture_stores_what_training_needs(target, work):
     assert sample["input_ids"].tolist() == ids and int(sample["start"][0]) == start
     assert sample["hidden"].shape == (len(ids), 3 * 32) and sample["hidden"].dtype == torch.float32
     assert sample["final"].shape == (len(ids) - start, 32)
-    # The target's argmax from the last prompt position on is its own greedy answer.
+    # The target's argmax from the last prompt position on is its own greedy answer, and
+    # `final` is the state after the final norm: the target's logits are recomputed from it.
     assert sample["argmax"][:-1].tolist() == row["response_ids"]
+    with torch.no_grad():
+        logits = target(input_ids=torch.tensor([ids])).logits[0, start:]
+    assert torch.allclose(sample["final"] @ target.lm_head.weight.T, logits, atol=1e-4)
     assert capture(target, work, CAPTURED, None)["captured"] == 0  # a rerun resumes
 
 

@@ -104,7 +104,7 @@ def generate(
     engine = ReferenceEngine(config, ChatFormat(load_tokenizer(config.target), config.conversation))
     decoder = engine.decoder
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, draft_len=config.draft_len)
-    ids: dict[int, str] = {}  # id(row) -> sample id
+    ids: dict[Any, str] = {}  # turn in flight -> sample id
     queue = iter(todo)
     answered = tokens = 0
     start = last_log = time.perf_counter()
@@ -116,7 +116,7 @@ def generate(
                 prompt = next(queue, None)
                 if prompt is None:
                     break
-                ids[id(decoder.submit(prompt["prompt_ids"], sampling))] = prompt["id"]
+                ids[decoder.submit(prompt["prompt_ids"], sampling)] = prompt["id"]
             if not decoder.busy:
                 break
             for row in decoder.step().finished:
@@ -125,7 +125,7 @@ def generate(
                 result = engine.generation(row)
                 writer.append(
                     {
-                        "id": ids.pop(id(row)),
+                        "id": ids.pop(row),
                         "prompt_ids": row.prompt,
                         "response_ids": result.token_ids,
                         "finish_reason": result.finish_reason,

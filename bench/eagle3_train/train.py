@@ -6,7 +6,8 @@ each epoch's end (head, optimiser, step, the sample list and the run's settings)
 agreement per TTT step, the acceptance proxy). The sample list is fixed when a run starts
 (the samples captured then, minus the held-out ones); epoch e visits it in the order of a
 permutation seeded by (seed, e), so a resumed run sees exactly the batches an uninterrupted
-one would, and ends with the same weights.
+one would, and ends with the same weights (the training figures logged for an epoch that a
+resume cut cover only the steps after the resume; the held-out ones are whole).
 
 Held out: the samples whose id hashes into the lowest `--heldout-percent` buckets, fixed
 whatever else is added later.
