@@ -241,9 +241,11 @@ def test_exported_head_loads_and_decodes_losslessly(target, work, tmp_path):
     assert weights["midlayer.self_attn.q_proj.weight"].shape == (32, 64)
     assert weights["fc.weight"].dtype == torch.float16 and weights["d2t"].dtype == torch.long
     assert weights["t2d"].dtype == torch.bool and int(weights["t2d"].sum()) == DRAFT_VOCAB
-    assert json.loads((out / "training.json").read_text())["step"] > 0
+    provenance = json.loads((out / "training.json").read_text())
+    assert provenance["step"] > 0 and provenance["training_wall_s"] > 0
 
-    head, _ = load_eagle3(str(out), None, target)
+    head, sha256 = load_eagle3(str(out), None, target)
+    assert sha256 == provenance["head_sha256"]
     assert head.spec.captured_layers == CAPTURED
     accepted = 0
     rows = list(read_jsonl(work / "responses.jsonl"))

@@ -42,6 +42,7 @@ def export_checkpoint(config: Any, folder: Path, checkpoint: Path | None, out: P
     from safetensors.torch import save_file
 
     from bench.eagle3_train.train import latest_checkpoint
+    from bench.target import checkpoint_sha256
 
     if checkpoint is None:
         checkpoint = latest_checkpoint(folder / "runs" / "run")
@@ -55,6 +56,8 @@ def export_checkpoint(config: Any, folder: Path, checkpoint: Path | None, out: P
     write_text_atomic(out / "config.json", json.dumps(head_config, indent=2) + "\n")
     log = list(_read_log(checkpoint.parent / "log.jsonl"))
     provenance = {
+        "head_sha256": checkpoint_sha256(out),
+        "head_sha256_covers": "config.json and model.safetensors (bench.target.checkpoint_sha256)",
         "checkpoint": str(checkpoint.name),
         "step": saved["step"],
         "settings": saved["settings"],
@@ -62,6 +65,8 @@ def export_checkpoint(config: Any, folder: Path, checkpoint: Path | None, out: P
         "heldout_samples": len(saved["heldout_ids"]),
         "draft_vocab_size": len(saved["used"]),
         "trained_with_commit": saved.get("git"),
+        "training_commands": saved.get("commands"),
+        "training_wall_s": saved.get("wall_s"),
         "target": config.target.model_dump(),
         "log": [row for row in log if row["step"] <= saved["step"]],
     }

@@ -233,8 +233,9 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
     batch_size = settings["batch_size"]
     per_epoch = math.ceil(len(train_ids) / batch_size)
     total = per_epoch * settings["epochs"]
-    step = 0
+    step, earlier_s, commands = 0, 0.0, []
     if resume is not None:
+        earlier_s, commands = saved.get("wall_s", 0.0), saved.get("commands", [])
         trainer.head.load_state_dict(saved["head"])
         trainer.optimizer.load_state_dict(saved["optimizer"])
         step = saved["step"]
@@ -253,14 +254,16 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
             "heldout_ids": heldout,
             "saved": now_iso(),
             "git": git_state(),
+            "wall_s": round(earlier_s + time.perf_counter() - started, 1),
+            "commands": [*commands, " ".join(sys.argv)],
         }
 
+    started = time.perf_counter()
     log = JsonlAppender(run_dir / "log.jsonl")
     epoch_totals: dict[str, Any] = {}
     epoch_losses: list[float] = []
     stop = min(total, options.get("max_steps") or total)
     bar = tqdm(total=total, initial=step, unit="step", desc="train")
-    started = time.perf_counter()
     while step < stop:
         epoch, index = divmod(step, per_epoch)
         order = epoch_order(train_ids, settings["seed"], epoch)
