@@ -2,12 +2,13 @@
 
 A run lives in `<work dir>/runs/<name>/`: `ckpt-<step>.pt` every `--save-every` steps and at
 each epoch's end (head, optimiser, step, the sample list and the run's settings),
-`log.jsonl` (one row per epoch and per evaluation: train loss, held-out loss, top-1
-agreement per TTT step, the acceptance proxy). The sample list is fixed when a run starts
-(the samples captured then, minus the held-out ones); epoch e visits it in the order of a
-permutation seeded by (seed, e), so a resumed run sees exactly the batches an uninterrupted
-one would, and ends with the same weights (the training figures logged for an epoch that a
-resume cut cover only the steps after the resume; the held-out ones are whole).
+`log.jsonl` (one row per epoch and per evaluation: answer tokens trained on so far, train
+loss, held-out loss, top-1 agreement per TTT step, the acceptance proxy: the learning
+curve). The sample list is fixed when a run starts (the samples captured then, minus the
+held-out ones); epoch e visits it in the order of a permutation seeded by (seed, e), so a
+resumed run sees exactly the batches an uninterrupted one would, and ends with the same
+weights (the training figures logged for an epoch that a resume cut cover only the steps
+after the resume; the held-out ones are whole).
 
 Held out: the samples whose id hashes into the lowest `--heldout-percent` buckets, fixed
 whatever else is added later.
@@ -233,9 +234,10 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
     batch_size = settings["batch_size"]
     per_epoch = math.ceil(len(train_ids) / batch_size)
     total = per_epoch * settings["epochs"]
-    step, earlier_s, commands = 0, 0.0, []
+    step, earlier_s, commands, seen = 0, 0.0, [], 0
     if resume is not None:
         earlier_s, commands = saved.get("wall_s", 0.0), saved.get("commands", [])
+        seen = saved.get("answer_tokens_seen", 0)
         trainer.head.load_state_dict(saved["head"])
         trainer.optimizer.load_state_dict(saved["optimizer"])
         step = saved["step"]
@@ -249,6 +251,7 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
     def state() -> dict[str, Any]:
         return {
             "step": step,
+            "answer_tokens_seen": seen,
             "settings": settings,
             "train_ids": train_ids,
             "heldout_ids": heldout,
@@ -271,6 +274,7 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
         stats = trainer.step(trainer.batch(folder, ids), lr_at(step, settings, total))
         accumulate(epoch_totals, stats)
         epoch_losses.append(stats["loss"])
+        seen += stats["answer_n"][0]
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}")
@@ -280,6 +284,7 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
             row = {
                 "step": step,
                 "epoch": step / per_epoch,
+                "answer_tokens_seen": seen,
                 "train_loss_mean": sum(epoch_losses) / len(epoch_losses),
                 "train": summarize(epoch_totals),
                 "heldout": trainer.evaluate(folder, heldout),
