@@ -348,6 +348,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eagle3_parser(sub: Any) -> None:
+    from bench.eagle3_train.cli import add_eagle3_parser as add
+
+    add(sub)
+
+
 # Subcommands: name -> function adding its parser. New commands add one line here.
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "run": add_run_parser,
@@ -356,6 +362,7 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
     "compare": add_compare_parser,
     "dashboard": add_dashboard_parser,
     "serve": add_serve_parser,
+    "eagle3": add_eagle3_parser,
 }
 
 

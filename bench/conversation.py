@@ -66,6 +66,16 @@ def reasoning_end(text: str) -> int:
     return len(text) if "<|channel|>analysis" in text else 0
 
 
+def opening_messages(text: str, config: ConversationConfig) -> list[Message]:
+    """The messages of a conversation's first turn: the system prompt, if any, then `text`
+    (MT-Bench's turn 1, or any other prompt asked the same way)."""
+    messages: list[Message] = []
+    if config.system_prompt:
+        messages.append({"role": "system", "content": config.system_prompt})
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
 def turn_messages(
     question: Question,
     turn: int,
@@ -85,11 +95,10 @@ def turn_messages(
     earlier = [history] if isinstance(history, str) else list(history or [])
     if len(earlier) < turn - 1:
         raise ValueError(f"turn {turn} needs the model's outputs of turns 1..{turn - 1}")
-    messages: list[Message] = []
-    if config.system_prompt:
-        messages.append({"role": "system", "content": config.system_prompt})
+    messages = opening_messages(question.turns[0], config)
     for index in range(turn):
-        messages.append({"role": "user", "content": question.turns[index]})
+        if index:
+            messages.append({"role": "user", "content": question.turns[index]})
         if index < turn - 1:
             output = earlier[index]
             answer = final_answer(output) if config.turn2_history == "final" else output

