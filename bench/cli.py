@@ -284,7 +284,8 @@ def add_compare_parser(sub: Any) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import compare, load_gate, load_side, render_terminal, write_outputs
+    from bench.compare import compare, load_gate, load_side
+    from bench.compare_render import render_terminal, write_outputs
 
     gate = load_gate(args.gate)
     update: dict[str, Any] = {"allow": sorted({*gate.allow, *args.allow})}

@@ -28,7 +28,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.compare import Comparison, GateConfig, compare, load_side, md_escape
+from bench.compare import Comparison, GateConfig, compare, load_side
+from bench.compare_render import md_escape
 from bench.dashboard_charts import (
     esc,
     histogram_chart,
@@ -41,7 +42,6 @@ from bench.dashboard_charts import (
 )
 from bench.dataset import category_order, dataset_label
 from bench.errors import BenchError
-from bench.metrics import Summary
 from bench.records import latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
 from bench.report import step_detail_note
@@ -52,6 +52,7 @@ from bench.rundir import (
     manifest_reference,
     write_text_atomic,
 )
+from bench.summary import Summary
 from bench.sweep import SweepResult, find_sweeps, read_sweep
 from bench.tables import fmt, fmt_ci, lookup
 

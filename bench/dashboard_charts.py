@@ -8,8 +8,8 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-from bench.metrics import Summary
 from bench.references import ReferenceTable
+from bench.summary import Summary
 from bench.sweep import SweepResult
 from bench.tables import lookup
 

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.dataset import dataset_label
-from bench.metrics import GroupSummary, Summary
+from bench.metrics import GroupSummary
 from bench.references import ReferenceTable
 from bench.rundir import Manifest, RunDir, write_text_atomic
+from bench.summary import Summary
 from bench.tables import fmt, fmt_ci, lookup
 
 

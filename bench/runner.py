@@ -23,7 +23,6 @@ from bench.conversation import ChatFormat, load_tokenizer, turn_messages
 from bench.dataset import Question, QuestionSet, dataset_label, load_questions
 from bench.engines import Engine, SamplingParams, create_engine, preflight_engine
 from bench.errors import BenchError
-from bench.metrics import Summary, summarize_run
 from bench.records import (
     RecordWriter,
     TurnRecord,
@@ -51,6 +50,7 @@ from bench.rundir import (
     package_versions,
     peak_rss_mb,
 )
+from bench.summary import Summary, summarize_run
 
 
 class RunInterrupted(BenchError):

@@ -28,13 +28,10 @@ from pydantic import BaseModel, ConfigDict
 from bench.config import RunConfig
 from bench.dataset import category_order
 from bench.errors import BenchError
-from bench.metrics import (
-    Summary,
-    pooled_decode_acceptance_length,
-    predicted_decode_acceptance_length,
-)
+from bench.metrics import pooled_decode_acceptance_length, predicted_decode_acceptance_length
 from bench.rundir import Manifest, RunDir, write_text_atomic
 from bench.speed import speed_rows, throughput_speedup
+from bench.summary import Summary
 from bench.tables import OVERALL, fmt, lookup
 
 SWEEP_SCHEMA_VERSION = 1

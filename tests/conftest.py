@@ -3,7 +3,7 @@ wheel), small question files, and run directories built from turn records throug
 formulas.
 
 `make_run` writes what `bench run` writes (manifest.json, records.jsonl, summary.json from
-`bench.metrics.summarize`, report.md from `bench.report.render_report`); only the engine is
+`bench.summary.summarize`, report.md from `bench.report.render_report`); only the engine is
 left out, so compare and dashboard are exercised on summaries no test wrote by hand.
 """
 
@@ -17,10 +17,10 @@ import pytest
 
 from bench.config import load_config
 from bench.dataset import CATEGORIES
-from bench.metrics import summarize
 from bench.records import TurnRecord
 from bench.report import render_report
 from bench.rundir import DatasetInfo, Manifest, RunDir, write_text_atomic
+from bench.summary import summarize
 
 
 def category_of(qid: int) -> str:

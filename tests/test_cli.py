@@ -123,8 +123,8 @@ def test_run_then_report_on_the_real_embedded_model(tmp_path):
 def test_an_incomplete_run_exits_1_naming_the_resume_command(tmp_path, monkeypatch, capsys):
     """Failed or missing turns are not unusable input (exit 2): the run is there, to finish."""
     from bench import cli, runner
-    from bench.metrics import summarize
     from bench.rundir import RunDir
+    from bench.summary import summarize
     from tests.test_metrics import WORKED
 
     summary = summarize(WORKED, draft_len=3, expected_question_ids=[81, 82])

@@ -1,6 +1,6 @@
 """`bench compare`: every exit path (0 no regression, 1 each failure kind, 2 unusable input).
 
-Runs are built from turn records through `bench.metrics.summarize` (see conftest.py), and
+Runs are built from turn records through `bench.summary.summarize` (see conftest.py), and
 the committed CPU baseline is compared with itself.
 """
 

@@ -19,7 +19,7 @@ from conftest import records_for, steps_for
 from bench.cli import main
 from bench.config import REPO_ROOT
 from bench.dashboard import build_dashboard
-from bench.metrics import Summary
+from bench.summary import Summary
 
 REFERENCE = REPO_ROOT / "configs" / "references" / "kimi-k2-thinking-eagle3.yaml"
 ARTIFACTS = REPO_ROOT / "test-artifacts"

@@ -21,8 +21,8 @@ from fake_server import ThreadedServer, chat_format, tokenizer_dir, write_config
 from bench.config import load_config
 from bench.engines import DraftLenExceeded, SamplingParams
 from bench.engines.openai_compat import OpenAIEngine
-from bench.metrics import summarize
 from bench.records import TurnRecord
+from bench.summary import summarize
 
 STEPS = [1, 4, 2, 1, 3, 4, 4, 2, 1, 3]  # prefill, then decode steps of 1 + accepted drafts
 TOKENS, ACCEPTED = sum(STEPS), sum(e - 1 for e in STEPS[1:])  # 25 tokens, 15 accepted

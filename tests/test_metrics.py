@@ -14,9 +14,9 @@ from bench.metrics import (
     joint_acceptance,
     paired_difference_ci95,
     step_positions,
-    summarize,
 )
 from bench.records import TurnRecord
+from bench.summary import summarize
 from tests.conftest import turn as record
 
 # The worked example: k = 3, one question.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.metrics import summarize
 from bench.report import render_plots, render_report
+from bench.summary import summarize
 from tests.test_metrics import WORKED
 
 

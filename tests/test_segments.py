@@ -8,8 +8,8 @@ import pytest
 from bench.config import ConversationConfig
 from bench.conversation import ChatFormat, reasoning_end
 from bench.engines import EngineTotals
-from bench.metrics import summarize
 from bench.segments import segment_records, split_steps, turn_status
+from bench.summary import summarize
 from tests.conftest import turn
 
 # docs/metrics.md, "Reasoning and answer apart": k = 3, one turn of 17 tokens whose first

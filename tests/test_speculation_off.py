@@ -14,9 +14,9 @@ from bench.config import LaunchConfig, load_config
 from bench.engines.launch import build_command, extra_llm_api_options
 from bench.engines.trtllm import llm_kwargs
 from bench.errors import BenchError
-from bench.metrics import summarize
 from bench.records import TurnRecord
 from bench.runner import execute
+from bench.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 

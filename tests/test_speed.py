@@ -7,7 +7,6 @@ import pytest
 
 import bench.runner as runner
 from bench.config import load_config
-from bench.metrics import summarize
 from bench.speed import (
     AggregateSpeed,
     TimedTurn,
@@ -21,6 +20,7 @@ from bench.speed import (
     throughput_speedup,
     time_per_output_token_s,
 )
+from bench.summary import summarize
 from tests.conftest import records_for, turn, write_questions
 from tests.test_runner import ScriptedEngine
 

@@ -17,7 +17,7 @@ from bench.engines import (
     stream_lower_bound,
 )
 from bench.engines.openai_compat import StreamState
-from bench.metrics import summarize
+from bench.summary import summarize
 from tests.conftest import turn as record
 
 

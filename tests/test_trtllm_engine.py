@@ -133,8 +133,8 @@ def test_without_tensorrt_llm_one_clear_sentence(config, tmp_path):
 
 
 def test_merged_updates_become_a_summary_signal_and_leave_the_histogram(config, tokenizer_dir):
-    from bench.metrics import summarize
     from bench.records import TurnRecord
+    from bench.summary import summarize
 
     llm = StandInLLM([1, 4, 2, 1, 3, 4, 4, 2], stream_interval=3)
     g = run(TrtllmEngine(config, chat_format(tokenizer_dir), llm=llm))

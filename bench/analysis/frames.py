@@ -1,7 +1,7 @@
 """Run directories as tidy pandas DataFrames, for notebooks and scripts.
 
 Everything comes from a run's `manifest.json` and `records.jsonl`; every figure is computed
-by `bench.metrics` (the code that writes `summary.json`), never here. This module only
+by `bench.metrics` (assembled into `summary.json` by `bench.summary`), never here. This module only
 loads, labels and reshapes: one row per step, turn, question, and run × category, plus the
 histogram and per-position rates in long form, the model-card table beside a reference,
 and run-against-baseline differences with a paired bootstrap.
@@ -26,16 +26,15 @@ from bench.errors import BenchError
 from bench.metrics import (
     GroupSummary,
     RateBlock,
-    Summary,
     acceptance_length_of_totals,
     decode_acceptance_length_by_position,
     paired_difference_ci95,
     step_positions,
-    summarize_run,
 )
 from bench.records import TurnRecord, latest_by_turn, read_records
 from bench.references import ReferenceTable, load_reference
 from bench.rundir import Manifest, RunDir
+from bench.summary import Summary, summarize_run
 from bench.tables import OVERALL, lookup
 
 RUN_DIRS_ENV = "BENCH_RUN_DIRS"
@@ -62,7 +61,7 @@ class Run:
 
     @cached_property
     def summary(self) -> Summary:
-        """`bench.metrics.summarize` over the records: the same figures as summary.json."""
+        """`bench.summary.summarize` over the records: the same figures as summary.json."""
         return summarize_run(self.records, self.manifest, None)
 
     @property
