@@ -111,11 +111,6 @@ def placeholder_values(
         "{port}": str(port),
         "{draft_len}": str(draft_len),
         "{draft_len_plus_1}": str(draft_len + 1),
-        "{target_file}": "{target_file}",
-        "{target_dir}": "{target_dir}",
-        "{target_gguf}": "{target_gguf}",
-        "{draft_head}": "{draft_head}",
-        "{draft_head_gguf}": "{draft_head_gguf}",
         "{bench_cache}": str(cache_dir()),
         **(target_paths or {}),
     }

@@ -262,10 +262,13 @@ class StreamState:
             proposed = spec.get("num_draft_tokens")
             record = self.drafting_record()
             # vLLM counts what the last step accepted beyond max_tokens or a stop token
-            # (it never shortens a draft to the tokens left), and that step is its last
-            # drafting step when it drafted at all.
-            last = record[-1] if record else (0 if record is not None else accepted)
-            low, high = n - accepted, n - accepted + min(k, last)
+            # (it never shortens a draft to the tokens left): at most what its last drafting
+            # step accepted, where its per-step record says so, else all it accepted.
+            if record is None:
+                past_cut = min(k, accepted)
+            else:
+                past_cut = min(k, record[-1]) if record else 0
+            low, high = n - accepted, n - accepted + past_cut
             # Each drafting step (`num_spec_steps`, exact) is a step after the prefill.
             spec_steps = spec.get("num_spec_steps")
             if isinstance(spec_steps, int):
