@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from bench.config import RunConfig
 from bench.eagle3_train import read_jsonl
 from bench.eagle3_train.capture import capture, load_sample
-from bench.eagle3_train.export import export_checkpoint
+from bench.eagle3_train.export import export_checkpoint, measured_run
 from bench.eagle3_train.model import build_head, ttt_outputs
 from bench.eagle3_train.prompts import PromptSettings, build_prompts
 from bench.eagle3_train.train import SETTINGS, latest_checkpoint, train
@@ -305,3 +305,43 @@ def test_generation_is_the_targets_greedy_answer_and_resumes(tmp_path):
         assert row["finish_reason"] == ("stop" if row["response_ids"][-1] == eos else "length")
     with pytest.raises(BenchError, match="max_tokens differ"):
         generate(config, folder, None, 16, 2)
+
+
+def test_export_records_only_runs_of_this_head_that_finished(make_run, tmp_path):
+    from bench.errors import BenchError
+    from bench.rundir import EngineRecord, RunDir
+
+    run = make_run("measured")
+    row = measured_run(run, "f" * 64)
+    summary = json.loads((run / "summary.json").read_text())
+    assert row["acceptance_length"]["overall"] == summary["overall"]["acceptance_length"]
+    assert row["questions"] == len(summary["questions"]) and row["draft_len"] == 3
+    manifest = RunDir(run).read_manifest()
+    other_head = {"drafter": {"kind": "eagle3", "checkpoint": "h", "checkpoint_sha256": "a" * 64}}
+    engine = EngineRecord(name="reference", version="v", details=other_head)
+    RunDir(run).write_manifest(manifest.model_copy(update={"engine": engine}))
+    with pytest.raises(BenchError, match="ran another head"):
+        measured_run(run, "f" * 64)
+    RunDir(run).write_manifest(manifest.model_copy(update={"status": "incomplete"}))
+    with pytest.raises(BenchError, match="not complete"):
+        measured_run(run, "f" * 64)
+    with pytest.raises(BenchError, match="not a run directory"):
+        measured_run(tmp_path, "f" * 64)
+
+
+def test_the_curve_names_the_checkpoints_it_lacks(tmp_path):
+    from bench.eagle3_train.curve import checkpoints
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="no checkpoints"):
+        checkpoints(tmp_path, None)
+    for step in (5, 10, 50):
+        (tmp_path / f"ckpt-{step}.pt").write_bytes(b"")
+    assert [p.name for p in checkpoints(tmp_path, None)] == [
+        "ckpt-5.pt",
+        "ckpt-10.pt",
+        "ckpt-50.pt",
+    ]
+    assert [p.name for p in checkpoints(tmp_path, [50, 5])] == ["ckpt-5.pt", "ckpt-50.pt"]
+    with pytest.raises(BenchError, match="no checkpoint at step 7; it has 5, 10, 50"):
+        checkpoints(tmp_path, [7])

@@ -3,8 +3,10 @@
     prompts   ShareGPT first turns, deduplicated, MT-Bench kept out, shuffled (prompts.py)
     generate  the target's own greedy answers to them (generate.py)
     vocab     the draft vocabulary: the most frequent response tokens (vocab.py)
+    capture   the target's hidden states per answer, on disk (capture.py)
     train     the head, with the training-time test, on captured target states (train.py)
     export    the published checkpoint layout the engines load (export.py)
+    curve     the card AL of a run's checkpoints, measured by `bench run` (curve.py)
 
 Every stage reads and writes one work folder (`work_dir`, in the bench cache by default,
 never in the repository): append-only JSONL keyed by sample id, checkpoints that resume

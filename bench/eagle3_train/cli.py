@@ -60,7 +60,24 @@ def add_eagle3_parser(sub: Any) -> None:
     _common(s)
     s.add_argument("--checkpoint", type=Path, help="training checkpoint (default: the latest)")
     s.add_argument("--out", type=Path, required=True, help="head folder to write")
+    s.add_argument(
+        "--measured",
+        type=Path,
+        action="append",
+        help="a `bench run` directory with this head: its table goes in training.json (repeatable)",
+    )
     s.set_defaults(func=cmd_export)
+
+    s = stages.add_parser("curve", help="measure a run's checkpoints with `bench run`")
+    _common(s)
+    s.add_argument("--run", default="run", help="run name under <dir>/runs/ (default run)")
+    s.add_argument("--steps", help="checkpoint steps, comma-separated (default: all)")
+    s.add_argument("--limit", type=int, default=8, help="questions (default 8, one per category)")
+    s.add_argument("--max-tokens", type=int, default=128, help="per turn (default 128)")
+    s.add_argument("--draft-len", type=int, default=3, help="drafts per step (default 3)")
+    s.add_argument("--batch-size", type=int, default=8, help="turns decoded together (8)")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default all cores)")
+    s.set_defaults(func=cmd_curve)
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
@@ -141,6 +158,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     from bench.eagle3_train.export import export_checkpoint
 
     config, folder = _setup(args)
-    out = export_checkpoint(config, folder, args.checkpoint, args.out)
+    out = export_checkpoint(config, folder, args.checkpoint, args.out, args.measured)
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from bench.eagle3_train.curve import measure_curve
+
+    _, folder = _setup(args)
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    overrides = {
+        "dataset.limit": args.limit,
+        "sampling.max_tokens": args.max_tokens,
+        "draft_len": args.draft_len,
+        "engine.batch_size": args.batch_size,
+        "concurrency": args.batch_size,
+        "engine.threads": args.threads,
+    }
+    rows = measure_curve(args.config, folder, args.run, steps, overrides)
+    print(f"{'step':>6} {'answer tokens':>14} {'held-out top-1':>15} {'proxy AL':>9} {'AL':>7}")
+    for row in rows:
+        heldout = row["heldout"] or {}
+        top1 = (heldout.get("top1_per_step") or [None])[0]
+        proxy = heldout.get("acceptance_proxy")
+        print(
+            f"{row['step']:>6} {row['answer_tokens_seen'] or '-':>14} "
+            f"{f'{top1:.3f}' if top1 is not None else '-':>15} "
+            f"{f'{proxy:.3f}' if proxy is not None else '-':>9} {row['acceptance_length']:>7.3f}"
+        )
     return 0

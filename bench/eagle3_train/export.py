@@ -36,8 +36,16 @@ def published_weights(head_state: dict[str, Any], used: list[int], vocab_size: i
     return weights
 
 
-def export_checkpoint(config: Any, folder: Path, checkpoint: Path | None, out: Path) -> Path:
-    """Write `checkpoint` (default: the newest of run `run`) as a head folder `out`."""
+def export_checkpoint(
+    config: Any,
+    folder: Path,
+    checkpoint: Path | None,
+    out: Path,
+    measured: list[Path] | None = None,
+) -> Path:
+    """Write `checkpoint` (default: the newest of run `run`) as a head folder `out`; each of
+    `measured` (run directories of `bench run` with this head) adds its acceptance table to
+    the provenance."""
     import torch
     from safetensors.torch import save_file
 
@@ -70,12 +78,58 @@ def export_checkpoint(config: Any, folder: Path, checkpoint: Path | None, out: P
         "target": config.target.model_dump(),
         "log": [row for row in log if row["step"] <= saved["step"]],
     }
-    for name in ("prompts.json", "responses.json"):
+    for name in ("prompts.json", "responses.json", "vocab.json"):
         path = folder / name
         if path.is_file():
-            provenance[name.removesuffix(".json")] = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            # The vocabulary's ids are the head's d2t; its summary belongs here only when the
+            # checkpoint was trained on this vocab.json (a later `vocab` rewrites it).
+            if "used" in data and data.pop("used") != list(saved["used"]):
+                continue
+            provenance[name.removesuffix(".json")] = data
+    provenance["measured"] = [
+        measured_run(run, provenance["head_sha256"]) for run in measured or []
+    ]
     write_text_atomic(out / "training.json", json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def measured_run(run: Path, head_sha256: str) -> dict[str, Any]:
+    """What a `bench run` with this head measured: settings, card ALs, and how it was run."""
+    from bench.rundir import RunDir
+    from bench.summary import Summary
+
+    if not (run / "manifest.json").is_file() or not (run / "summary.json").is_file():
+        raise BenchError(f"--measured {run}: not a run directory (no manifest.json, summary.json)")
+    manifest = RunDir(run).read_manifest()
+    if manifest.status != "complete":
+        raise BenchError(f"--measured {run}: the run is {manifest.status}, not complete")
+    summary = Summary.model_validate_json((run / "summary.json").read_text(encoding="utf-8"))
+    drafter = (manifest.engine.details if manifest.engine else {}).get("drafter") or {}
+    if drafter.get("checkpoint_sha256") not in (None, head_sha256):
+        raise BenchError(
+            f"--measured {run} ran another head (sha256 {drafter['checkpoint_sha256'][:12]}), "
+            f"not this one ({head_sha256[:12]})"
+        )
+    config = manifest.config
+    return {
+        "run": run.name,
+        "config": config.name,
+        "engine": manifest.engine.name if manifest.engine else config.engine.kind,
+        "engine_version": manifest.engine.version if manifest.engine else None,
+        "dataset": manifest.dataset.name,
+        "questions": len(manifest.dataset.question_ids),
+        "wall_s": manifest.wall_s,
+        "draft_len": config.draft_len,
+        "max_tokens": config.sampling.max_tokens,
+        "temperature": config.sampling.temperature,
+        "command": manifest.command,
+        "commit": manifest.git,
+        "acceptance_length": {
+            **{name: stats.acceptance_length for name, stats in summary.categories.items()},
+            "overall": summary.overall.acceptance_length,
+        },
+    }
 
 
 def _read_log(path: Path):
