@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from bench.engines import FinishReason, Generation
 from bench.errors import BenchError
@@ -83,14 +84,22 @@ class TurnRecord(Generation):
 
 
 class RecordWriter:
-    """Appends records durably; one writer per run directory."""
+    """Appends one JSON object per line durably (flushed and fsynced per row), after cutting
+    a partial last line a killed writer left: a run's records, a training log, answers. One
+    writer per file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        drop_torn_tail(path)
         self._handle = open(path, "a", encoding="utf-8")
 
-    def append(self, record: TurnRecord) -> None:
-        self._handle.write(record.model_dump_json() + "\n")
+    def append(self, row: BaseModel | dict[str, Any]) -> None:
+        if isinstance(row, BaseModel):
+            line = row.model_dump_json()
+        else:
+            line = json.dumps(row, separators=(",", ":"))
+        self._handle.write(line + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
 

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.records import drop_torn_tail
-
 
 def work_dir(name: str) -> Path:
     """The default work folder of a head for config `name`: `<bench cache>/eagle3/<name>`."""
@@ -58,25 +56,3 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 return
             if line.strip():
                 yield json.loads(line)
-
-
-class JsonlAppender:
-    """Appends rows durably (flushed per row); cuts a torn tail first."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        drop_torn_tail(path)
-        self._handle = open(path, "a", encoding="utf-8")
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(row, separators=(",", ":")) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> JsonlAppender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -9,12 +9,14 @@ Rows go to `runs/<run>/curve.jsonl` as they finish; a rerun skips steps already 
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.eagle3_train import JsonlAppender, read_jsonl
+from bench.eagle3_train import read_jsonl
 from bench.errors import BenchError
+from bench.records import RecordWriter
 
 
 def checkpoints(run_dir: Path, steps: list[int] | None) -> list[Path]:
@@ -53,7 +55,7 @@ def measure_curve(
     chosen = checkpoints(run_dir, steps)
     log = {row["step"]: row for row in read_jsonl(run_dir / "log.jsonl")}
     done = {row["step"]: row for row in read_jsonl(run_dir / "curve.jsonl")}
-    with JsonlAppender(run_dir / "curve.jsonl") as rows:
+    with RecordWriter(run_dir / "curve.jsonl") as rows:
         for path in chosen:
             step = int(path.stem.split("-")[1])
             if step in done:
@@ -63,8 +65,6 @@ def measure_curve(
             cell = load_config(config_path, {**overrides, "engine.drafter": drafter})
             out = run_dir / "curve" / f"run-{path.stem}"
             if out.exists():
-                import shutil
-
                 shutil.rmtree(out)  # an interrupted measurement: measured again whole
             outcome = execute(cell, out=out, quiet=True)
             summary = outcome.summary

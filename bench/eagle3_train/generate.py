@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.eagle3_train import JsonlAppender, read_jsonl
+from bench.eagle3_train import read_jsonl
 from bench.errors import BenchError
+from bench.records import RecordWriter
 from bench.rundir import git_state, now_iso, write_text_atomic
 
 
@@ -109,7 +110,7 @@ def generate(
     answered = tokens = 0
     start = last_log = time.perf_counter()
     bar = tqdm(total=len(todo), unit="answer", desc="generate")
-    with JsonlAppender(out) as writer:
+    with RecordWriter(out) as writer:
         while True:
             # Keep one batch waiting behind the running one, so a freed slot refills at once.
             while len(decoder.waiting) + len(decoder.running) < 2 * batch_size:

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.eagle3_train import JsonlAppender, is_heldout, training_answers
+from bench.eagle3_train import is_heldout, training_answers
 from bench.errors import BenchError
+from bench.records import RecordWriter
 from bench.rundir import git_state, now_iso
 
 
@@ -262,7 +263,7 @@ def train(target: Any, folder: Path, run_dir: Path, options: dict[str, Any]) -> 
         }
 
     started = time.perf_counter()
-    log = JsonlAppender(run_dir / "log.jsonl")
+    log = RecordWriter(run_dir / "log.jsonl")
     epoch_totals: dict[str, Any] = {}
     epoch_losses: list[float] = []
     stop = min(total, options.get("max_steps") or total)
