@@ -10,6 +10,7 @@ time transformers takes to parse the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,16 @@ def checkpoint_sha256(folder: Path, gguf_file: str | None = None) -> str:
     """sha256 over a checkpoint's files: the .gguf file alone, or config.json and the weight
     files (each file's name, then its bytes, in name order)."""
     paths = [folder / gguf_file] if gguf_file else [folder / "config.json", *weight_files(folder)]
+    # Hashed once per process while the files are unchanged: a launch hashes the target for
+    # its own conversion and again as an EAGLE-3 head's target (half a gigabyte each time).
+    return _sha256_of(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in paths:
+    for name, _, _ in files:
+        path = Path(name)
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
